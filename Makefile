@@ -1,0 +1,61 @@
+# trio-infer: every target installs what it needs on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 8001
+# The CPU build of torch, used where no NVIDIA GPU is present (a plain `torch` requirement pulls a multi-GB CUDA build).
+TORCH_CPU_SPEC ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: install start-inference test lint bench system-deps build up down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: torch comes from the project requirements (CUDA build)"; \
+	elif ! $(PY) -c 'import torch' 2>/dev/null; then \
+		echo "no GPU: installing the CPU build of torch"; \
+		$(PY) -m pip install "$(TORCH_CPU_SPEC)" || $(PY) -m pip install torch --index-url $(TORCH_CPU_INDEX); \
+	fi
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+start-inference: install
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-$$( [ -z "$$MODEL_NAME" ] && echo 1 || echo 0 )} \
+		$(PY) -m trio_infer --port $(PORT)
+
+# Debian packages the test suite drives for real (Prometheus for the monitoring tests).
+system-deps:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+		else echo "prometheus/promtool missing: install the Debian package 'prometheus'"; fi; }
+
+test: install system-deps
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check trio_infer tests bench
+	$(PY) -m ruff format --check trio_infer tests bench
+	$(PY) -m mypy
+
+bench: install
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	HF_HUB_OFFLINE=1 $(PY) -m bench
+
+build:
+	docker compose build
+
+up:
+	docker compose up -d
+
+down:
+	docker compose down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,103 @@
+"""python -m bench: trio-infer throughput vs in-process ceilings, and serving overhead vs a bare app.
+
+Exit status 0 when the benchmark ran, whether or not the targets were met (missed targets are printed);
+1 when a part could not run at all (server failed to start, wrk missing, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from bench import corpus, report
+from bench.parts import Settings, model_part, serving_part
+from bench.server import REPO_ROOT, RESULTS_DIR
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, help="seconds per closed-loop run (default 25; --quick 5)")
+    p.add_argument(
+        "--warmup", type=float, help="warm-up seconds before each closed-loop run (default 5; --quick 2)"
+    )
+    p.add_argument("--wrk-duration", type=int, help="seconds per wrk run (default 15; --quick 5)")
+    p.add_argument(
+        "--quick", action="store_true", help="short runs for smoke testing (writes bench/results/)"
+    )
+    p.add_argument("--skip-model", action="store_true", help="skip the real-model part (in-process + server)")
+    p.add_argument(
+        "--skip-wrk", action="store_true", help="skip the serving-path part (debug model vs bare, wrk)"
+    )
+    p.add_argument(
+        "--port", type=int, default=0, help="trio-infer port (bare app: port+1); default: free ports"
+    )
+    p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for GET /ready")
+    p.add_argument("--output", type=Path, help="markdown file to update (default BENCHMARKS.md)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    load = report.loadavg()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quick = args.quick
+    settings = Settings(
+        duration=args.duration or (5.0 if quick else 25.0),
+        warmup=args.warmup if args.warmup is not None else (2.0 if quick else 5.0),
+        inprocess_seconds=0.0 if quick else 10.0,
+        wrk_duration=args.wrk_duration or (5 if quick else 15),
+        wrk_warmup=1 if quick else 3,
+        clients=(1, 32),
+        port=args.port,
+        ready_timeout=args.ready_timeout,
+    )
+    output = args.output or (RESULTS_DIR / "BENCHMARKS.quick.md" if quick else REPO_ROOT / "BENCHMARKS.md")
+    texts = corpus.make_corpus()
+    corpus_text = corpus.describe(texts) + f" (seed {corpus.DEFAULT_SEED}, `bench/corpus.py`)"
+    print(f"corpus: {corpus_text}", flush=True)
+
+    sections: list[report.Section] = []
+    problems: list[str] = []
+    parts: list[tuple[str, bool, Callable[[], report.Section]]] = [
+        ("model", args.skip_model, lambda: model_part(texts, settings)),
+        ("serving", args.skip_wrk, lambda: serving_part(settings)),
+    ]
+    for name, skip, run in parts:
+        if skip:
+            continue
+        section = run()
+        sections.append(section)
+        for problem in section.problems:
+            print(f"ERROR: {name} part: {problem}", file=sys.stderr, flush=True)
+            lines = [ln.strip() for ln in problem.splitlines() if ln.strip()]
+            short = lines[0] + (f" ... {lines[-1]}" if len(lines) > 1 else "")
+            problems.append(f"{name} part: {short[:300]}")
+
+    failures = [f"{r.name}: {r.verdict}" for s in sections for r in s.rows if r.failed] + problems
+    settings_text = (
+        f"closed loop {settings.warmup:.0f} s warm-up + {settings.duration:.0f} s per run; "
+        f"wrk {settings.wrk_duration} s; in-process >= {settings.inprocess_seconds:.0f} s per ceiling"
+        + (" (--quick)" if quick else "")
+        + (" (--skip-model)" if args.skip_model else "")
+        + (" (--skip-wrk)" if args.skip_wrk else "")
+    )
+    run_text = report.render_run(sections, settings_text, corpus_text, failures, load)
+    print("\n" + run_text)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report.write(output, run_text)
+    raw = {"settings": asdict(settings), "sections": [asdict(s) for s in sections], "failures": failures}
+    (RESULTS_DIR / "latest.json").write_text(json.dumps(raw, indent=2))
+    print(f"written to {output}", flush=True)
+    if failures:
+        print("TARGETS MISSED: " + "; ".join(failures), flush=True)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

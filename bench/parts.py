@@ -1,0 +1,169 @@
+"""The two parts of the benchmark: model throughput vs in-process ceilings, and the serving path under wrk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from bench import client, cpu, inprocess, metrics, server, wrk
+from bench.report import Row, Section
+
+TARGET_SINGLE = 0.85
+TARGET_BATCH = 0.85
+TARGET_SERVING = 0.80
+
+
+@dataclass
+class Settings:
+    duration: float
+    warmup: float
+    inprocess_seconds: float
+    wrk_duration: int
+    wrk_warmup: int
+    clients: tuple[int, int]
+    port: int  # trio-infer on port, bare app on port + 1; 0 = free ports
+    ready_timeout: float
+
+
+def _ports(settings: Settings) -> tuple[int, int]:
+    if settings.port:
+        return settings.port, settings.port + 1
+    return server.free_port(), server.free_port()
+
+
+def _error_detail(errors: dict[str, int]) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])[:3])
+
+
+def _stopped_note(s: server.Server) -> str:
+    if s.exit_code == 0:
+        return f"{s.name} exited 0 after SIGTERM."
+    return f"**{s.name}: {'; '.join(s.notes)}** (log: bench/results/{s.log_path.name})"
+
+
+def model_part(texts: list[str], settings: Settings) -> Section:
+    sec = Section("Model: trio-infer (bundled all-MiniLM-L6-v2, CPU) vs in-process ceilings", "texts/s")
+    print("in-process ceilings ...", flush=True)
+    single, batched = inprocess.measure(texts, settings.inprocess_seconds)
+    for c in (single, batched):
+        print(f"  {c.name}: {c.rate:.1f} texts/s ({c.texts} texts in {c.seconds:.1f} s)", flush=True)
+    sec.rows += [
+        Row(single.name, single.rate, single.quantile(0.5), single.quantile(0.99), role="ceiling"),
+        Row(
+            batched.name + " (latency per batch)",
+            batched.rate,
+            batched.quantile(0.5),
+            batched.quantile(0.99),
+            role="ceiling",
+        ),
+    ]
+    port, _ = _ports(settings)
+    args = ["-m", "trio_infer", "--port", str(port)]
+    ceilings = {settings.clients[0]: (single, TARGET_SINGLE), settings.clients[1]: (batched, TARGET_BATCH)}
+    print(f"starting trio-infer on port {port} ...", flush=True)
+    try:
+        with server.running("trio-infer", args, port, {"MODEL_NAME": None}, settings.ready_timeout) as s:
+            for n, (ceiling, target) in ceilings.items():
+                row, note = _closed_loop(s, texts, n, settings)
+                row.ratio, row.target = row.rate / ceiling.rate, target
+                row.ratio_of = "one-at-a-time" if ceiling is single else "sorted batches"
+                sec.rows.append(row)
+                sec.notes.append(note)
+        sec.notes.append(_stopped_note(s))
+    except server.ServerError as exc:
+        sec.problems.append(f"trio-infer: {exc}")
+    return sec
+
+
+def _closed_loop(s: server.Server, texts: list[str], n: int, settings: Settings) -> tuple[Row, str]:
+    print(
+        f"  {n} closed-loop client(s), {settings.warmup:.0f} s warm-up + {settings.duration:.0f} s ...",
+        flush=True,
+    )
+    before = metrics.scrape(s)
+    with cpu.Span(s.pid) as span:
+        res = trio.run(client.run_load, "127.0.0.1", s.port, texts, n, settings.duration, settings.warmup)
+    summary = metrics.summarise(before, metrics.scrape(s))
+    row = Row(
+        f"trio-infer, {n} client{'s' if n > 1 else ''}",
+        res.rate,
+        res.quantile(0.5),
+        res.quantile(0.99),
+        res.error_count,
+        error_detail=_error_detail(res.errors),
+    )
+    print(
+        f"    {res.rate:.1f} req/s, p50 {row.p50 or 0:.4f} s, p99 {row.p99 or 0:.4f} s, "
+        f"errors {res.error_count}",
+        flush=True,
+    )
+    detail = "; ".join(f"{k} {v:.2f}" if v < 100 else f"{k} {v:.0f}" for k, v in summary.items())
+    note = f"{n} client(s), incl. warm-up: {span.describe()}" + (
+        f"; server metrics: {detail}" if detail else ""
+    )
+    return row, note
+
+
+def serving_part(settings: Settings) -> Section:
+    sec = Section("Serving path: trio-infer (MODEL_NAME=debug) vs bare quart-trio app, wrk", "req/s")
+    if not wrk.available():
+        sec.problems.append("wrk not found (apt-get install wrk)")
+        return sec
+    trio_port, bare_port = _ports(settings)
+    runs = [
+        (
+            "bare quart-trio app",
+            "bare-app",
+            ["-m", "bench.bare_app", "--port", str(bare_port)],
+            bare_port,
+            {},
+        ),
+        (
+            "trio-infer, MODEL_NAME=debug",
+            "trio-infer-debug",
+            ["-m", "trio_infer", "--port", str(trio_port)],
+            trio_port,
+            {"MODEL_NAME": "debug"},
+        ),
+    ]
+    results: list[wrk.WrkResult | None] = []
+    for label, name, args, port, env in runs:
+        print(f"wrk against {label} on port {port} ...", flush=True)
+        try:
+            with server.running(name, args, port, env, settings.ready_timeout) as s:
+                if settings.wrk_warmup:
+                    wrk.run(label, port, settings.wrk_warmup)
+                with cpu.Span(s.pid) as span:
+                    res = wrk.run(label, port, settings.wrk_duration)
+            sec.notes.append(f"{label}: {span.describe()}")
+            sec.notes.append(_stopped_note(s))
+        except (server.ServerError, RuntimeError, OSError) as exc:
+            sec.problems.append(f"{label}: {exc}")
+            sec.rows.append(Row(label, 0.0, errors=0, error_detail="not measured"))
+            results.append(None)
+            continue
+        print(f"  {res.rate:.1f} req/s, p50 {res.quantile(0.5)} s, errors {res.error_count}", flush=True)
+        results.append(res)
+        detail = {"non-2xx": res.non_2xx} if res.non_2xx else {}
+        detail.update({f"socket {k}": v for k, v in res.socket_errors.items()})
+        sec.rows.append(
+            Row(
+                label,
+                res.rate,
+                res.quantile(0.5),
+                res.quantile(0.99),
+                res.error_count,
+                error_detail=_error_detail(detail),
+                role="baseline" if name == "bare-app" else "",
+            )
+        )
+    bare, debug = results
+    debug_row = sec.rows[1]
+    debug_row.target, debug_row.ratio_of = TARGET_SERVING, "bare"
+    if bare is not None and debug is not None and bare.rate > 0:
+        debug_row.ratio = debug.rate / bare.rate
+    measured = bare or debug
+    command = measured.command if measured is not None else "wrk"
+    sec.notes.insert(0, f"`{command}`, after a {settings.wrk_warmup} s warm-up run; one server at a time.")
+    return sec

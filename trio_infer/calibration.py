@@ -1,0 +1,63 @@
+"""Start-up calibration: time the model on a few batch shapes and fit the batcher's cost model.
+
+Blocking; run it in a worker thread before the batcher starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from .embedder import Model
+from .formation import CostModel
+
+log = logging.getLogger(__name__)
+
+# (count, length) pairs spanning short/long and narrow/wide batches.
+_SHAPES = ((1, 8), (1, 64), (1, 192), (4, 32), (8, 64), (16, 16), (32, 12), (4, 128), (2, 256))
+# Throughput reached at the chosen budget, as a share of the asymptotic (infinitely large batch) rate.
+_TARGET_EFFICIENCY = 0.9
+
+
+def calibrate(model: Model, *, repeats: int = 2) -> CostModel:
+    """Fit `seconds = fixed + per_token * n * L + per_token_sq * n * L^2` on timed forward passes."""
+    sample = model.tokenize(["the quick brown fox jumps over the lazy dog " * 64])[0]
+    body = sample[1:-1] or [1000]
+    rows: list[tuple[float, float, float]] = []
+    times: list[float] = []
+    for count, length in _SHAPES:
+        length = min(length, model.max_tokens)
+        ids = [sample[:1] + (body * (length // len(body) + 1))[: max(0, length - 2)] + sample[-1:]] * count
+        texts = [""] * count
+        model.embed(texts, ids)  # warm-up: first calls of a shape allocate
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.embed(texts, ids)
+            best = min(best, time.perf_counter() - start)
+        rows.append((1.0, float(count * length), float(count * length * length)))
+        times.append(best)
+    coefficients, *_ = np.linalg.lstsq(np.array(rows), np.array(times), rcond=None)
+    fixed, per_token, per_token_sq = (max(0.0, float(c)) for c in coefficients)
+    cost = CostModel(fixed=max(fixed, 1e-5), per_token=max(per_token, 1e-9), per_token_sq=per_token_sq)
+    log.info(
+        "calibrated cost model: %.2f ms per call + %.1f us per padded token + %.3f us per token x length",
+        cost.fixed * 1e3,
+        cost.per_token * 1e6,
+        cost.per_token_sq * 1e6,
+    )
+    return cost
+
+
+def choose_token_budget(cost: CostModel, *, max_batch_size: int, max_tokens: int) -> int:
+    """The padded-token count at which a batch reaches most of the device's asymptotic throughput.
+
+    With `fixed + per_token * T`, throughput per token is `T / (fixed + per_token * T)`; it reaches
+    a share e of its limit at `T = e / (1 - e) * fixed / per_token`. Larger batches buy little
+    throughput and add latency (on a CPU) or memory (on a GPU). Clamped so one full-length text fits
+    and so the size cap, not the budget, binds on fast devices.
+    """
+    budget = _TARGET_EFFICIENCY / (1 - _TARGET_EFFICIENCY) * cost.fixed / cost.per_token
+    return int(min(max(budget, max_tokens), max_batch_size * max_tokens))

@@ -1,0 +1,32 @@
+"""`trio-infer` / `python -m trio_infer`: parse settings, set up logging, run one or several workers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from .config import load_settings
+from .logs import configure_logging
+
+log = logging.getLogger("trio_infer")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load_settings(argv)
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        from .workers import run_workers
+
+        sys.exit(run_workers(settings))
+    import trio
+
+    from .serve import main as serve_main
+
+    try:
+        trio.run(serve_main, settings)
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            raise
+        log.critical("fatal: %r; exiting so the orchestrator restarts the process", error, exc_info=error)
+        sys.exit(1)

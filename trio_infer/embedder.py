@@ -1,0 +1,92 @@
+"""What the batcher needs from a model, and the adapter that runs a blocking model off the event loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+import trio
+
+from .jobs import Vector
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+class Model(Protocol):
+    """A blocking embedding model. Not thread-safe: call it from one thread at a time."""
+
+    name: str
+    device: str
+    dimension: int
+    max_tokens: int
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, truncated to `max_tokens`, unpadded."""
+        ...
+
+    def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
+        """One float32 vector per text, from its token ids (as `tokenize` gave them, unpadded)."""
+        ...
+
+
+class AsyncEmbedder(Protocol):
+    """The batcher's view of a model. Calls are checkpoints; they never run concurrently."""
+
+    name: str
+    device: str
+    dimension: int
+    max_tokens: int
+
+    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]: ...
+
+
+class ThreadedEmbedder:
+    """Runs a blocking `Model` in worker threads under a limiter of its own.
+
+    The limiter admits one call at a time (the model and its tokenizer are not thread-safe) and is not
+    trio's default limiter, which quart and hypercorn share. A call is not abandoned on cancellation
+    (`abandon_on_cancel=False`): a forward pass cannot be stopped, and its results are still delivered
+    to the callers who stayed. Inference threads run at a lower OS priority so the event loop, which
+    answers probes and parses requests, wins the CPU when both want it.
+    """
+
+    def __init__(self, model: Model, *, nice: int = 5) -> None:
+        self.model = model
+        self.name = model.name
+        self.device = model.device
+        self.dimension = model.dimension
+        self.max_tokens = model.max_tokens
+        self._limiter = trio.CapacityLimiter(1)
+        self._nice = nice
+        self._niced: set[int] = set()
+
+    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return await trio.to_thread.run_sync(
+            self._in_thread, self.model.tokenize, texts, limiter=self._limiter
+        )
+
+    async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
+        return await trio.to_thread.run_sync(
+            self._in_thread, self.model.embed, texts, token_ids, limiter=self._limiter
+        )
+
+    def _in_thread(self, fn: Callable[..., R], *args: object) -> R:
+        self._lower_priority()
+        return fn(*args)
+
+    def _lower_priority(self) -> None:
+        # Threads spawned from here (torch's intra-op pool) inherit the niceness.
+        tid = threading.get_native_id()
+        if self._nice and tid not in self._niced:
+            self._niced.add(tid)
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, self._nice)
+            except (AttributeError, OSError) as error:  # not Linux, or not permitted
+                log.debug("could not lower inference thread priority: %s", error)

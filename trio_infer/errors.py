@@ -1,0 +1,108 @@
+"""The service's error hierarchy: each error carries its HTTP status and what a client needs to act on it.
+
+Every error a handler raises is a `ServiceError`; `app.py` maps them to responses in one place.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class ServiceError(Exception):
+    """An error answered with `status` and a JSON body `{"error": kind, "detail": detail}`."""
+
+    status: int = 500
+    kind: str = "internal_error"
+    # OpenAI's nested error shape wants a `type` too; most errors are the caller's.
+    openai_type: str = "invalid_request_error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+        self.param = param
+        self.code = code
+
+    @property
+    def retry_after_header(self) -> str | None:
+        """Whole seconds for a Retry-After header (at least 1), or None."""
+        if self.retry_after is None:
+            return None
+        return str(max(1, math.ceil(self.retry_after)))
+
+
+class BadRequest(ServiceError):
+    status = 400
+    kind = "bad_request"
+
+
+class InvalidJSON(BadRequest):
+    kind = "invalid_json"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    kind = "unauthorized"
+    openai_type = "authentication_error"
+
+
+class NotFound(ServiceError):
+    status = 404
+    kind = "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status = 405
+    kind = "method_not_allowed"
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    kind = "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    kind = "unsupported_media_type"
+
+
+class ValidationFailed(ServiceError):
+    status = 422
+    kind = "validation_error"
+
+
+class InferenceFailed(ServiceError):
+    """The model raised: the client sees a generic message, the log has the cause."""
+
+    status = 500
+    kind = "inference_error"
+    openai_type = "server_error"
+
+
+class Unavailable(ServiceError):
+    """Not ready, draining, or overloaded: retry later (elsewhere)."""
+
+    status = 503
+    kind = "unavailable"
+    openai_type = "server_error"
+
+
+class Overloaded(Unavailable):
+    kind = "overloaded"
+
+
+class Draining(Unavailable):
+    kind = "shutting_down"
+
+
+class RequestTimeout(ServiceError):
+    status = 504
+    kind = "timeout"
+    openai_type = "server_error"

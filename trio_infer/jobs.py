@@ -1,0 +1,52 @@
+"""A job: one text on its way through the batcher, and the slot its result comes back in."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+Vector = npt.NDArray[np.float32]
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    """One text. The caller waits on `done`; exactly one of `vector` or `error` is set before it fires.
+
+    A caller that leaves marks the job `abandoned`; collectors skip abandoned jobs so no compute is
+    spent on them.
+    """
+
+    text: str
+    admitted_at: float
+    deadline: float
+    request_id: str = ""
+    job_id: int = field(default_factory=lambda: next(_ids))
+    tokens: list[int] | None = None
+    vector: Vector | None = None
+    error: BaseException | None = None
+    abandoned: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens) if self.tokens is not None else 0
+
+    def live(self, now: float) -> bool:
+        """Whether computing this job still helps someone."""
+        return not self.abandoned and not self.done.is_set() and now < self.deadline
+
+    def succeed(self, vector: Vector) -> None:
+        if not self.done.is_set():
+            self.vector = vector
+            self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()

