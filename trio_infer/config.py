@@ -24,7 +24,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     max_batch_tokens: int | None = None  # None: calibrate at start-up
-    max_queue_size: int = 1024
+    max_queue_size: int = 4096
     max_body_size: int = 1024 * 1024
     api_key: str | None = None
     workers: int = 1

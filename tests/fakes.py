@@ -1,0 +1,80 @@
+"""Pure-trio stand-ins for the model, so timing logic runs on a virtual clock (autojump_clock)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import trio
+
+from trio_infer.batching import Batcher, BatchLimits
+from trio_infer.config import Settings
+from trio_infer.formation import CostModel
+from trio_infer.jobs import Vector
+from trio_infer.lifecycle import Lifecycle
+from trio_infer.metrics import Metrics
+from trio_infer.service import EmbeddingService
+
+FAKE_COST = CostModel(fixed=0.010, per_token=0.0005)
+
+
+def text_vector(text: str, dimension: int = 8) -> Vector:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    vector = np.random.default_rng(seed).standard_normal(dimension).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+class FakeEmbedder:
+    """Tokens = whitespace words + 2; a forward pass sleeps `FAKE_COST` of its padded shape.
+
+    `poison` texts make the whole forward pass raise (like a model error); `gate`, when set, makes
+    every forward pass wait for it (a busy or hung model). Records every batch it ran.
+    """
+
+    name = "fake-model"
+    device = "cpu"
+    dimension = 8
+    max_tokens = 512
+
+    def __init__(self, *, poison: Sequence[str] = (), cost: CostModel = FAKE_COST) -> None:
+        self.poison = set(poison)
+        self.cost = cost
+        self.batches: list[list[str]] = []
+        self.gate: trio.Event | None = None
+        self.started = trio.Event()
+
+    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        await trio.lowlevel.checkpoint()
+        return [[101, *[7] * len(text.split()), 102] for text in texts]
+
+    async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
+        self.batches.append(list(texts))
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        await trio.sleep(self.cost.batch_cost(len(texts), max(len(ids) for ids in token_ids)))
+        if self.poison.intersection(texts):
+            raise RuntimeError("poisoned batch")
+        return [text_vector(text) for text in texts]
+
+    @property
+    def texts_computed(self) -> list[str]:
+        return [text for batch in self.batches for text in batch]
+
+
+def make_service(
+    embedder: FakeEmbedder | None = None, settings: Settings | None = None, **limits: float
+) -> EmbeddingService:
+    settings = settings or Settings(request_timeout=5.0, graceful_timeout=2.0)
+    embedder = embedder or FakeEmbedder()
+    batch_limits = BatchLimits(
+        max_batch_size=int(limits.get("max_batch_size", settings.max_batch_size)),
+        max_batch_tokens=int(limits.get("max_batch_tokens", 4096)),
+        batch_timeout=float(limits.get("batch_timeout", settings.batch_timeout)),
+        num_workers=int(limits.get("num_workers", settings.num_batching_workers)),
+        max_queue_size=int(limits.get("max_queue_size", settings.max_queue_size)),
+    )
+    batcher = Batcher(embedder, Metrics(), batch_limits, embedder.cost)
+    lifecycle = Lifecycle(graceful_timeout=settings.graceful_timeout, drain_delay=settings.drain_delay)
+    return EmbeddingService(settings, batcher, lifecycle, batcher.metrics)

@@ -1,0 +1,289 @@
+"""Batcher behaviour on a virtual clock with a pure-trio fake model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from tests.fakes import FAKE_COST, FakeEmbedder, make_service, text_vector
+from trio_infer.errors import Draining, InferenceFailed, Overloaded, RequestTimeout
+from trio_infer.jobs import Job
+from trio_infer.service import EmbeddingService
+
+
+@pytest.fixture
+def embedder() -> FakeEmbedder:
+    return FakeEmbedder(poison=["POISON"])
+
+
+@pytest.fixture
+async def service(embedder: FakeEmbedder, nursery: trio.Nursery) -> AsyncIterator[EmbeddingService]:
+    service = make_service(embedder, max_batch_size=8, max_batch_tokens=256, batch_timeout=0.05)
+    await nursery.start(service.batcher.run)
+    service.lifecycle.mark_ready()
+    yield service
+    service.batcher.close()
+
+
+def words(count: int, tag: str = "w") -> str:
+    return " ".join(f"{tag}{i}" for i in range(count))
+
+
+async def embed_all(
+    service: EmbeddingService, texts: Sequence[str], *, stagger: float = 0.0
+) -> dict[str, object]:
+    """Embed each text as its own concurrent request; map text -> vector, or the error raised."""
+    results: dict[str, object] = {}
+
+    async def one(text: str) -> None:
+        try:
+            jobs = await service.embed([text])
+            results[text] = jobs[0].vector
+        except Exception as error:  # the test inspects which errors reached which caller
+            results[text] = error
+
+    async with trio.open_nursery() as nursery:
+        for text in texts:
+            nursery.start_soon(one, text)
+            if stagger:
+                await trio.sleep(stagger)
+    return results
+
+
+async def test_lone_request_on_idle_model_does_not_wait(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    start = trio.current_time()
+    jobs = await service.embed(["hello there"])
+    elapsed = trio.current_time() - start
+    # Exactly one forward pass of 1 x 4 tokens; no batch-timeout wait (0.05 s) on top.
+    assert elapsed == pytest.approx(FAKE_COST.batch_cost(1, 4))
+    assert embedder.batches == [["hello there"]]
+    np.testing.assert_allclose(jobs[0].vector, text_vector("hello there"))
+
+
+async def test_batches_grow_while_the_model_is_busy(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    embedder.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.embed, ["first"])
+        await embedder.started.wait()
+        texts = [words(5, f"t{i}_") for i in range(6)]
+        for text in texts:
+            nursery.start_soon(service.embed, [text])
+        await trio.sleep(1.0)  # far past the batch timeout: they must still be served together
+        assert service.batcher.queue_size == 6
+        embedder.gate.set()
+    assert embedder.batches[0] == ["first"]
+    assert sorted(embedder.batches[1]) == sorted(texts)
+    assert len(embedder.batches) == 2
+
+
+async def test_batch_timeout_never_delays_dispatch_past_a_free_model(
+    embedder: FakeEmbedder, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    service = make_service(embedder, batch_timeout=30.0)
+    await nursery.start(service.batcher.run)
+    embedder.gate = trio.Event()
+    done: dict[str, float] = {}
+
+    async def timed(text: str) -> None:
+        await service.embed([text])
+        done[text] = trio.current_time()
+
+    nursery.start_soon(timed, "busy")
+    await embedder.started.wait()
+    nursery.start_soon(timed, "waiting")
+    await trio.sleep(0.5)
+    release = trio.current_time()
+    embedder.gate.set()
+    with trio.fail_after(5):
+        while "waiting" not in done:
+            await trio.sleep(0.001)
+    # Served right after the running pass, not 30 s of batch timeout later.
+    assert done["waiting"] - release < 0.1
+
+
+async def test_size_cap_and_token_budget(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    embedder.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.embed, ["warm up"])
+        await embedder.started.wait()
+        texts = [words(n, f"s{i}_") for i, n in enumerate([3, 40, 5, 70, 4, 6, 3, 50, 8] * 3)]
+        nursery.start_soon(embed_all, service, texts)
+        await trio.sleep(0.2)
+        embedder.gate.set()
+    for batch in embedder.batches[1:]:
+        lengths = [len(text.split()) + 2 for text in batch]
+        assert len(batch) <= 8
+        if len(batch) > 1:
+            assert len(batch) * max(lengths) <= 256
+
+
+async def test_length_ordering_within_a_round(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    embedder.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.embed, ["warm up"])
+        await embedder.started.wait()
+        texts = [words(n, f"o{i}_") for i, n in enumerate([60, 2, 30, 3, 61, 2, 29, 4])]
+        nursery.start_soon(embed_all, service, texts)
+        await trio.sleep(0.2)
+        embedder.gate.set()
+    longest_per_batch = [max(len(text.split()) for text in batch) for batch in embedder.batches[1:]]
+    assert longest_per_batch == sorted(longest_per_batch)
+    # Short texts were not padded to the 60-word ones.
+    assert max(len(text.split()) for text in embedder.batches[1]) <= 4
+
+
+async def test_oversize_single_text_is_served(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    text = words(400)  # 402 tokens > 256 budget
+    jobs = await service.embed([text])
+    np.testing.assert_allclose(jobs[0].vector, text_vector(text))
+
+
+async def test_each_caller_gets_its_own_result(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    texts = [words(n, f"r{n}_") for n in range(1, 40)]
+    results = await embed_all(service, texts, stagger=0.001)
+    for text in texts:
+        np.testing.assert_allclose(results[text], text_vector(text))
+    assert sorted(embedder.texts_computed) == sorted(texts)
+
+
+async def test_failing_batch_fails_only_the_poison_input(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    embedder.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.embed, ["warm up"])
+        await embedder.started.wait()
+        texts = ["POISON", "good one", "good two", "good three"]
+        results: dict[str, object] = {}
+
+        async def run() -> None:
+            results.update(await embed_all(service, texts))
+
+        nursery.start_soon(run)
+        await trio.sleep(0.2)
+        embedder.gate.set()
+    assert any(set(texts) <= set(batch) for batch in embedder.batches), "they were batched together"
+    assert isinstance(results["POISON"], InferenceFailed)
+    for text in texts[1:]:
+        np.testing.assert_allclose(results[text], text_vector(text))
+    assert service.metrics.requests.labels(status="error")._value.get() == 1
+    # The service keeps serving.
+    jobs = await service.embed(["after the failure"])
+    assert jobs[0].vector is not None
+
+
+async def test_cancelled_waiting_caller_is_never_computed(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    embedder.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.embed, ["busy"])
+        await embedder.started.wait()
+        with trio.move_on_after(0.1):  # the client goes away while queued
+            await service.embed(["gone"])
+        nursery.start_soon(service.embed, ["stays"])
+        await trio.sleep(0.1)
+        embedder.gate.set()
+    assert "gone" not in embedder.texts_computed
+    assert "stays" in embedder.texts_computed
+    assert service.metrics.requests.labels(status="cancelled")._value.get() == 1
+    assert service.metrics.skipped._value.get() == 1
+    assert service.batcher.queue_size == 0
+
+
+async def test_request_timeout_gives_504_and_no_compute(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    embedder.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.embed, ["busy"])
+        await embedder.started.wait()
+        start = trio.current_time()
+        with pytest.raises(RequestTimeout):
+            await service.embed(["late"], time_limit=0.5)
+        assert trio.current_time() - start == pytest.approx(0.5)
+        embedder.gate.set()
+    assert "late" not in embedder.texts_computed
+    assert service.metrics.requests.labels(status="timeout")._value.get() == 1
+
+
+async def test_full_queue_rejects_at_once_with_retry_after(
+    embedder: FakeEmbedder, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    service = make_service(embedder, max_queue_size=3, num_workers=1, batch_timeout=0.0)
+    await nursery.start(service.batcher.run)
+    embedder.gate = trio.Event()
+    nursery.start_soon(service.embed, ["busy"])
+    await embedder.started.wait()
+    for i in range(3):
+        nursery.start_soon(service.embed, [f"queued {i}"])
+    await trio.sleep(0.01)
+    with pytest.raises(Overloaded) as caught:
+        await service.embed(["one too many"])
+    assert caught.value.status == 503
+    assert caught.value.retry_after_header is not None
+    assert int(caught.value.retry_after_header) >= 1
+    assert service.metrics.requests.labels(status="rejected")._value.get() == 1
+    embedder.gate.set()
+
+
+async def test_predicted_wait_past_deadline_is_rejected(
+    embedder: FakeEmbedder, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    service = make_service(embedder, max_batch_size=1, num_workers=1)
+    await nursery.start(service.batcher.run)
+    await service.embed(["measure the rate"])  # the service rate is now known: ~70 texts/s
+    embedder.gate = trio.Event()
+    for i in range(100):
+        nursery.start_soon(service.embed, [f"backlog {i}"])
+    await trio.sleep(0.01)
+    with pytest.raises(Overloaded) as caught:
+        await service.embed(["cannot make it"], time_limit=0.2)
+    assert caught.value.retry_after is not None and caught.value.retry_after > 0.2
+    embedder.gate.set()
+
+
+async def test_close_serves_queued_jobs_then_refuses(
+    embedder: FakeEmbedder, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    service = make_service(embedder)
+    await nursery.start(service.batcher.run)
+    embedder.gate = trio.Event()
+    jobs: list[Job] = service.batcher.submit(["a", "b b", "c c c"], deadline=trio.current_time() + 10)
+    service.batcher.close()
+    with pytest.raises(Draining):
+        service.batcher.submit(["late"], deadline=trio.current_time() + 10)
+    embedder.gate.set()
+    for job in jobs:
+        await job.done.wait()
+        assert job.vector is not None
+
+
+async def test_list_request_items_join_other_requests_batches(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    embedder.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.embed, ["busy"])
+        await embedder.started.wait()
+        nursery.start_soon(service.embed, ["list one", "list two"])
+        nursery.start_soon(service.embed, ["single"])
+        await trio.sleep(0.1)
+        embedder.gate.set()
+    assert sorted(embedder.batches[1]) == ["list one", "list two", "single"]

