@@ -21,7 +21,7 @@ TEXTS = [
     "short",
     "Batching many texts of different lengths pads the short ones to the longest in the batch, "
     "which is why length-aware batch formation matters on a CPU. " * 4,
-    "¿Dónde está la biblioteca? 图书馆在哪里？",
+    "¿Dónde está la biblioteca? 图书馆在哪里?",
     "emoji 🚀 and symbols ∑∫√",
     "x" * 1024,
 ]
@@ -138,7 +138,7 @@ async def test_graceful_timeout_answers_leftovers_with_503_not_resets() -> None:
             for index in range(60):
                 nursery.start_soon(one, index)
             with trio.fail_after(60):
-                while (await get(proc.port, "/health")).json()["queue_size"] < 40:
+                while (await get(proc.port, "/health")).json()["queue_size"] < 40:  # noqa: ASYNC110
                     await trio.sleep(0.01)
             assert proc.proc is not None
             proc.proc.send_signal(signal.SIGTERM)
