@@ -127,6 +127,8 @@ async def test_body_over_the_limit_is_413(client: Client) -> None:
     body = b'{"input_text": "' + b"x" * (SETTINGS.max_body_size + 10) + b'"}'
     response = await client.post("/embed", data=body, headers={"Content-Type": "application/json"})
     assert_error(response.status_code, await response.get_json(), 413, "payload_too_large")
+    # The body was refused unread: the connection cannot carry another request.
+    assert response.headers["Connection"] == "close"
 
 
 async def test_unknown_route_is_json_404(client: Client) -> None:

@@ -91,10 +91,13 @@ async def test_batch_timeout_never_delays_dispatch_past_a_free_model(
     await nursery.start(service.batcher.run)
     embedder.gate = trio.Event()
     done: dict[str, float] = {}
+    waiting_done = trio.Event()
 
     async def timed(text: str) -> None:
         await service.embed([text])
         done[text] = trio.current_time()
+        if text == "waiting":
+            waiting_done.set()
 
     nursery.start_soon(timed, "busy")
     await embedder.started.wait()
@@ -103,8 +106,7 @@ async def test_batch_timeout_never_delays_dispatch_past_a_free_model(
     release = trio.current_time()
     embedder.gate.set()
     with trio.fail_after(5):
-        while "waiting" not in done:
-            await trio.sleep(0.001)
+        await waiting_done.wait()
     # Served right after the running pass, not 30 s of batch timeout later.
     assert done["waiting"] - release < 0.1
 

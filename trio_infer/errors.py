@@ -13,8 +13,6 @@ class ServiceError(Exception):
 
     status: int = 500
     kind: str = "internal_error"
-    # OpenAI's nested error shape wants a `type` too; most errors are the caller's.
-    openai_type: str = "invalid_request_error"
 
     def __init__(
         self,
@@ -29,6 +27,18 @@ class ServiceError(Exception):
         self.retry_after = retry_after
         self.param = param
         self.code = code
+
+    @property
+    def openai_type(self) -> str:
+        """The `type` of OpenAI's nested error shape."""
+        if self.status == 401:
+            return "authentication_error"
+        return "server_error" if self.status >= 500 else "invalid_request_error"
+
+    @property
+    def close_connection(self) -> bool:
+        """Whether the connection must close: a body refused unread leaves the stream mid-request."""
+        return self.status == 413
 
     @property
     def retry_after_header(self) -> str | None:
@@ -50,7 +60,6 @@ class InvalidJSON(BadRequest):
 class Unauthorized(ServiceError):
     status = 401
     kind = "unauthorized"
-    openai_type = "authentication_error"
 
 
 class NotFound(ServiceError):
@@ -83,7 +92,6 @@ class InferenceFailed(ServiceError):
 
     status = 500
     kind = "inference_error"
-    openai_type = "server_error"
 
 
 class Unavailable(ServiceError):
@@ -91,7 +99,6 @@ class Unavailable(ServiceError):
 
     status = 503
     kind = "unavailable"
-    openai_type = "server_error"
 
 
 class Overloaded(Unavailable):
@@ -105,4 +112,3 @@ class Draining(Unavailable):
 class RequestTimeout(ServiceError):
     status = 504
     kind = "timeout"
-    openai_type = "server_error"

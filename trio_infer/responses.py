@@ -32,8 +32,12 @@ def error_body(error: ServiceError, *, openai: bool) -> dict[str, Any]:
 
 
 def error_headers(error: ServiceError) -> dict[str, str]:
-    retry_after = error.retry_after_header
-    return {"Retry-After": retry_after} if retry_after is not None else {}
+    headers = {}
+    if error.retry_after_header is not None:
+        headers["Retry-After"] = error.retry_after_header
+    if error.close_connection:
+        headers["Connection"] = "close"
+    return headers
 
 
 def error_response(error: ServiceError, *, openai: bool = False) -> Response:

@@ -10,6 +10,7 @@ nursery and the exception leaves `main`, so the process exits non-zero and gets 
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import trio
@@ -73,10 +74,19 @@ async def main(settings: Settings, *, reuse_port: bool = False) -> None:
             app = create_app(service)
             config = hypercorn_config(settings, reuse_port=reuse_port)
             binds = await serving.start(_serve_http, app, config, lifecycle, batcher)
+            _freeze_heap()
             lifecycle.mark_ready()
             log.info("ready on %s (model %s on %s)", ", ".join(binds), service.model_name, service.device)
         log.info("drained; exiting")
         process.cancel_scope.cancel()
+
+
+def _freeze_heap() -> None:
+    """Hide what start-up allocated (modules, model, app) from the garbage collector: a full collection
+    then scans only what requests allocate instead of pausing the event loop ~100 ms for every probe
+    and request."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _load_unless_stopped(settings: Settings, lifecycle: Lifecycle) -> LoadedModel | None:
@@ -105,8 +115,11 @@ async def _serve_http(
     """hypercorn until its drain ends; then the batcher is closed and finishes what is queued."""
     try:
         await hypercorn_serve(
-            app, config, shutdown_trigger=lifecycle.shutdown_trigger, task_status=task_status
-        )  # type: ignore[arg-type]
+            app,
+            config,
+            shutdown_trigger=lifecycle.shutdown_trigger,
+            task_status=task_status,
+        )
     finally:
         batcher.close()
 
