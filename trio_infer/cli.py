@@ -28,5 +28,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BaseException as error:
         if isinstance(error, KeyboardInterrupt | SystemExit):
             raise
-        log.critical("fatal: %r; exiting so the orchestrator restarts the process", error, exc_info=error)
+        log.critical(
+            "fatal: %s; exiting so the orchestrator restarts the process", _describe(error), exc_info=error
+        )
         sys.exit(1)
+
+
+def _describe(error: BaseException) -> str:
+    """The causes inside trio's nested exception groups, e.g. `CollectorCrash: ...`."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in error.exceptions)
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,296 @@
+"""A real Prometheus scraping a real trio-infer: the dashboard's queries and the alert rules work on
+the metrics the service actually exposes.
+
+Starts `python -m trio_infer` (debug model, one process, a small queue so bursts are rejected) and
+the Debian `prometheus` binary scraping it every second with `prometheus/alerts.yml` loaded. Sends
+~25 s of mixed load that produces every outcome the service can produce without a failing model:
+200, 422 and 404 answers, items that succeed, are rejected (queue full / predicted wait beyond a
+tiny X-Request-Timeout), time out (short X-Request-Timeout) and are cancelled (client hangs up).
+Then, through Prometheus' HTTP API:
+
+* the target is up and every alert rule is loaded and evaluates without error;
+* every PromQL expression of every dashboard panel and every alert rule parses and evaluates;
+* every panel query returns data with at least one finite value (what Grafana can plot).
+
+Skipped only when the `prometheus` binary is not installed (`make system-deps` installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import yaml
+
+from tests.serverproc import ROOT, ServerProcess, free_port, json_request, post_json, request
+
+PROMETHEUS = shutil.which("prometheus")
+DASHBOARD = ROOT / "grafana" / "dashboards" / "trio-infer.json"
+ALERTS = ROOT / "prometheus" / "alerts.yml"
+JOB = "trio-infer"
+
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None, reason="prometheus not installed (Debian package 'prometheus')"
+)
+
+LOAD_SECONDS = 25.0
+START_TIMEOUT = 120.0
+# Grafana's built-in interval variables; the dashboard's windows are fixed [1m] today.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "${__rate_interval}": "1m", "$__interval": "1m"}
+GRAFANA_VARIABLES |= {"${__interval}": "1m", "$__range": "1m", "${__range}": "1m"}
+
+
+# --------------------------------------------------------------------------------- the expressions
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))  # collapsed rows hold their panels
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title / refId, PromQL with Grafana variables substituted) for every panel target."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert not dashboard.get("templating", {}).get("list"), "substitute the dashboard's variables here"
+    queries = []
+    for panel in _panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            expr = target.get("expr")
+            if not expr:
+                continue
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+            queries.append((f"{panel['title']} / {target.get('refId', '?')}", expr))
+    return queries
+
+
+def alert_expressions() -> list[tuple[str, str]]:
+    rules = yaml.safe_load(ALERTS.read_text())
+    return [
+        (rule.get("alert") or rule["record"], rule["expr"])
+        for group in rules["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def test_expressions_found() -> None:
+    """Guards the live test against silently checking nothing (runs without prometheus too)."""
+    assert len(dashboard_queries()) >= 20
+    assert len(alert_expressions()) >= 5
+
+
+# ------------------------------------------------------------------------------------- processes
+@pytest.fixture
+def service() -> Iterator[ServerProcess]:
+    proc = ServerProcess(args=["--max-queue-size", "32", "--graceful-timeout", "5"])
+    proc.start(timeout=START_TIMEOUT)  # (not `with proc.start()`: __enter__ would start a second one)
+    try:
+        yield proc
+    finally:
+        proc.stop(timeout=30)
+        proc.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def prometheus(service: ServerProcess, tmp_path: Path) -> Iterator[str]:
+    assert PROMETHEUS is not None
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERTS)],
+        "scrape_configs": [
+            {
+                "job_name": JOB,
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "metrics_path": "/metrics",
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{service.port}"], "labels": {"service": "trio-infer"}}
+                ],
+            }
+        ],
+    }
+    config_path = tmp_path / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = tmp_path / "prometheus.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"prometheus exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
+            try:
+                if httpx.get(f"{base}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"prometheus not ready:\n{log_path.read_text()[-5000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ------------------------------------------------------------------------------------------- load
+async def apply_load(port: int, seconds: float) -> dict[str, int]:
+    """Mixed traffic for `seconds`; returns how many of each kind of answer it got."""
+    seen: dict[str, int] = {}
+    end = trio.current_time() + seconds
+
+    def count(kind: str) -> None:
+        seen[kind] = seen.get(kind, 0) + 1
+
+    async def embed(text: str, time_limit: str | None = None) -> None:
+        headers = {"X-Request-Timeout": time_limit} if time_limit else {}
+        response = await post_json(port, "/embed", {"input_text": text}, headers)
+        count(str(response.status))
+
+    async def steady(worker: int) -> None:  # successes of mixed lengths
+        i = 0
+        while trio.current_time() < end:
+            await embed(f"steady {worker} {i} " + "word " * (i % 40))
+            i += 1
+            await trio.sleep(0.02)
+
+    async def invalid() -> None:  # 422, 404
+        while trio.current_time() < end:
+            response = await post_json(port, "/embed", {"text": "wrong field"})
+            count(str(response.status))
+            response = await request(port, json_request("/no-such-route", {}))
+            count(str(response.status))
+            await trio.sleep(0.5)
+
+    async def hang_up() -> None:  # cancelled: the client leaves before its answer
+        while trio.current_time() < end:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(json_request("/embed", {"input_text": "abandoned " * 90}))
+            await stream.aclose()
+            count("hung up")
+            await trio.sleep(0.3)
+
+    async def bursts() -> None:  # rejected (queue of 32 full; tiny deadline) and timeout
+        while trio.current_time() < end:
+            for time_limit in (None, "0.000001", "0.003", "0.005"):
+                async with trio.open_nursery() as nursery:
+                    for i in range(60):
+                        nursery.start_soon(embed, f"burst {i} " + "word " * 80, time_limit)
+                await trio.sleep(0.5)
+
+    async with trio.open_nursery() as nursery:
+        for worker in range(3):
+            nursery.start_soon(steady, worker)
+        nursery.start_soon(invalid)
+        nursery.start_soon(hang_up)
+        nursery.start_soon(bursts)
+    return seen
+
+
+# ------------------------------------------------------------------------------------------- test
+@pytest.fixture
+async def prom(prometheus: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=prometheus, timeout=30) as client:
+        yield client
+
+
+async def query(client: httpx.AsyncClient, expr: str) -> dict[str, Any]:
+    response = await client.get("/api/v1/query", params={"query": expr})
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    deadline = trio.current_time() + within
+    while not await check():
+        if trio.current_time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await trio.sleep(0.5)
+
+
+@needs_prometheus
+@pytest.mark.e2e
+@pytest.mark.slow
+async def test_dashboard_and_alerts_against_live_prometheus(
+    service: ServerProcess, prom: httpx.AsyncClient
+) -> None:
+    async def target_up() -> bool:
+        result = (await query(prom, f'up{{job="{JOB}"}}'))["data"]["result"]
+        return bool(result) and result[0]["value"][1] == "1"
+
+    await wait_until(target_up, 60, "Prometheus to scrape trio-infer")
+
+    seen = await apply_load(service.port, LOAD_SECONDS)
+    print(f"\nanswers during the load: {seen}")
+    assert seen.get("200", 0) > 100 and seen.get("422", 0) > 0 and seen.get("404", 0) > 0, seen
+    assert seen.get("503", 0) > 0 and seen.get("504", 0) > 0, seen
+    await trio.sleep(3)  # a few more scrapes, so the last of the load is in
+
+    # Every outcome the load produced reached Prometheus.
+    outcomes = (await query(prom, "sum by (status) (increase(batcher_requests_total[5m]))"))["data"]
+    by_status = {item["metric"]["status"]: float(item["value"][1]) for item in outcomes["result"]}
+    print(f"batcher items by status (Prometheus, increase over 5m): {by_status}")
+    for status in ("success", "rejected", "timeout", "cancelled"):
+        assert by_status.get(status, 0) > 0, by_status
+    http = (await query(prom, "sum by (status) (increase(http_requests_total[5m]))"))["data"]["result"]
+    http_codes = {item["metric"]["status"] for item in http}
+    assert {"200", "404", "422", "503", "504"} <= http_codes, http_codes
+
+    problems = []
+    for name, expr in dashboard_queries():
+        body = await query(prom, expr)
+        if body.get("status") != "success":
+            problems.append(f"panel {name}: {expr}\n  -> {body.get('errorType')}: {body.get('error')}")
+            continue
+        values = [float(item["value"][1]) for item in body["data"]["result"]]
+        if not any(math.isfinite(value) for value in values):
+            problems.append(f"panel {name}: {expr}\n  -> no plottable data: {body['data']['result']}")
+    for name, expr in alert_expressions():
+        body = await query(prom, expr)
+        if body.get("status") != "success":
+            problems.append(f"alert {name}: {expr}\n  -> {body.get('errorType')}: {body.get('error')}")
+    assert not problems, "\n".join(problems)
+
+    # The rule file loaded and every rule has been evaluated without error.
+    expected = {name for name, _ in alert_expressions()}
+
+    async def rules_evaluated() -> bool:
+        groups = (await prom.get("/api/v1/rules")).json()["data"]["groups"]
+        rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
+        assert expected <= set(rules), set(rules)
+        for rule in rules.values():
+            assert rule["health"] != "err", rule
+        return all(rules[name]["health"] == "ok" for name in expected)
+
+    await wait_until(rules_evaluated, 60, "every alert rule to be evaluated")
+    firing = [
+        alert["labels"]["alertname"] for alert in (await prom.get("/api/v1/alerts")).json()["data"]["alerts"]
+    ]
+    print(f"alerts pending or firing after the load: {sorted(set(firing))}")
+    assert "TrioInferDown" not in firing

@@ -1,0 +1,379 @@
+"""`--workers N`: a supervisor process and N worker processes sharing the service port.
+
+The process that parsed the command line becomes the supervisor; it serves no traffic. It starts N
+workers with multiprocessing's 'spawn' method, so each is a fresh interpreter running `serve.main`
+with its own model, batcher and event loop. Every worker binds the same port with SO_REUSEPORT and
+the kernel spreads incoming connections across them (per connection, not per request: a
+keep-alive connection stays with one worker).
+
+Metrics: `PROMETHEUS_MULTIPROC_DIR` is set before any worker starts, and this process imports
+prometheus_client only afterwards, so every worker writes its metrics to per-process files there
+and `/metrics`, whichever worker answers it, merges them all. When the variable is unset a fresh
+temporary directory is used and removed at exit; when it is set, its `*.db` files are deleted at
+start (they belong to an earlier run) and the directory is left in place.
+
+Contract of `run_workers`:
+
+* Signals. SIGTERM or SIGINT to the supervisor starts the shutdown: every worker gets SIGTERM and
+  drains itself exactly as a single process would (readiness off, listener closed after
+  --drain-delay, in-flight requests answered within --graceful-timeout). The supervisor waits up to
+  drain_delay + graceful_timeout + a margin, then SIGKILLs what is left. Further signals during the
+  shutdown are logged and change nothing. Workers run in their own process group, so a terminal's
+  Ctrl-C reaches only the supervisor, which forwards it as SIGTERM; on Linux a worker also gets
+  SIGTERM from the kernel if the supervisor dies (parent-death signal), so no worker outlives it.
+* Crashes. A worker that exits without being asked to is reaped, its live gauges are dropped from
+  the merged metrics (`mark_process_dead`), and it is restarted after a backoff (0.5 s, doubling
+  up to 8 s). After 5 unexpected exits within 60 s the supervisor stops the remaining workers and
+  returns 1, so the orchestrator sees a crash loop instead of a half-dead service.
+* Exit status. 0 when every worker exited 0 after the shutdown request; 1 when one failed, had to
+  be killed, or the workers kept crashing.
+* Resources. When `run_workers` returns or raises, no worker process is left running (stragglers are
+  SIGKILLed and reaped), the signal handlers it installed are restored and the temporary metrics
+  directory, if it created one, is removed. It must be called from the main thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from multiprocessing import connection, get_context
+from multiprocessing.context import SpawnProcess
+from pathlib import Path
+from types import FrameType
+
+from .config import Settings
+from .logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+_BACKOFF_FIRST = 0.5
+_BACKOFF_MAX = 8.0
+_CRASH_LIMIT = 5
+_CRASH_WINDOW = 60.0
+# Beyond drain_delay + graceful_timeout: hypercorn's own 2 s grace, closing the batcher, interpreter exit.
+_SHUTDOWN_MARGIN = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def run_workers(settings: Settings) -> int:
+    """Run `settings.workers` worker processes until SIGTERM/SIGINT; return the exit status.
+
+    Blocks the calling (main) thread for the service's lifetime; see the module docstring for the
+    signal, restart, exit-status and clean-up contract.
+    """
+    _share_cores(settings.workers)
+    with _metrics_dir() as metrics_dir:
+        log.info(
+            "supervisor pid %d: starting %d workers on port %d (metrics in %s)",
+            os.getpid(),
+            settings.workers,
+            settings.port,
+            metrics_dir,
+        )
+        return _Supervisor(settings).run()
+
+
+def _share_cores(workers: int) -> None:
+    """Give each worker's torch an equal share of the cores unless OMP_NUM_THREADS is already set:
+    N workers each using every core for its forward passes would oversubscribe the CPU."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        log.info("OMP_NUM_THREADS=%d for each of %d workers", threads, workers)
+
+
+@contextmanager
+def _metrics_dir() -> Iterator[Path]:
+    """Set `PROMETHEUS_MULTIPROC_DIR` (a fresh temporary directory unless already set) and empty it."""
+    configured = os.environ.get(METRICS_DIR_VAR)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix="trio-infer-metrics-"))
+    os.environ[METRICS_DIR_VAR] = str(path)
+    try:
+        yield path
+    finally:
+        os.environ.pop(METRICS_DIR_VAR, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _mark_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges from the merged metrics (its counters keep counting)."""
+    # Imported here, after _metrics_dir has set the directory (the parent never records metrics,
+    # but nothing in it may import prometheus_client before the variable is set).
+    from prometheus_client import multiprocess
+
+    try:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    except OSError as error:
+        log.warning("could not remove the metrics files of worker pid %d: %s", pid, error)
+
+
+@dataclass
+class _Slot:
+    """One of the N worker positions: its current process, or when its replacement is due."""
+
+    number: int
+    process: SpawnProcess | None = None
+    restart_at: float | None = None
+
+
+@dataclass
+class _Supervisor:
+    settings: Settings
+    slots: list[_Slot] = field(default_factory=list)
+    crashes: deque[float] = field(default_factory=deque)
+    signals: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.slots = [_Slot(number) for number in range(1, self.settings.workers + 1)]
+        self._context = get_context("spawn")
+        self._wakeup_read, self._wakeup_write = socket.socketpair()
+        for sock in (self._wakeup_read, self._wakeup_write):
+            sock.setblocking(False)
+
+    # ---------------------------------------------------------------------------------- lifetime
+    def run(self) -> int:
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in _STOP_SIGNALS}
+        previous_fd = signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            status = self._supervise()
+            return self._shutdown(status)
+        finally:
+            self._kill_remaining()
+            signal.set_wakeup_fd(previous_fd)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._wakeup_read.close()
+            self._wakeup_write.close()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.append(signum)  # the wakeup fd interrupts the wait in _supervise/_shutdown
+
+    def _supervise(self) -> int:
+        """Keep N workers running until a stop signal (returns 0) or a crash loop (returns 1)."""
+        while not self.signals:
+            # Exits are looked for before every wait, and the wait watches every unreaped worker: one
+            # that exits after this check has a readable sentinel, so the wait returns at once.
+            for slot in self.slots:
+                process = slot.process
+                if process is None or process.exitcode is None:
+                    continue
+                log.error(
+                    "worker %d (pid %s) exited unexpectedly: %s",
+                    slot.number,
+                    process.pid,
+                    _describe_exit(process.exitcode),
+                )
+                self._reap(slot, process)
+                if not self._schedule_restart(slot):
+                    return 1
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.restart_at is not None and slot.restart_at <= now:
+                    self._start(slot)
+            due = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
+            self._wait(self._processes(self.slots), max(0.0, min(due) - now) if due else None)
+        log.info(
+            "%s received: stopping %d workers (draining for up to %.1f s)",
+            signal.Signals(self.signals[0]).name,
+            sum(1 for slot in self.slots if slot.process is not None),
+            self.settings.drain_delay + self.settings.graceful_timeout,
+        )
+        return 0
+
+    def _shutdown(self, status: int) -> int:
+        """SIGTERM every worker and wait for the drains; SIGKILL stragglers. Returns the exit status."""
+        seen_signals = len(self.signals)
+        running = [slot for slot in self.slots if slot.process is not None]
+        for slot in self.slots:
+            slot.restart_at = None
+            if slot.process is not None:
+                _send(slot.process, signal.SIGTERM)
+        deadline = (
+            time.monotonic() + self.settings.drain_delay + self.settings.graceful_timeout + _SHUTDOWN_MARGIN
+        )
+        while True:
+            alive = [process for process in self._processes(running) if process.exitcode is None]
+            now = time.monotonic()
+            if not alive or now >= deadline:
+                break
+            self._wait(alive, deadline - now)
+            if len(self.signals) > seen_signals:
+                seen_signals = len(self.signals)
+                log.warning("signal received again: already stopping the workers")
+        for slot in running:
+            process = slot.process
+            if process is None:
+                continue
+            if process.exitcode is None:
+                log.error("worker %d (pid %s) did not stop in time: killing it", slot.number, process.pid)
+                _send(process, signal.SIGKILL)
+                process.join()
+                status = 1
+            elif process.exitcode != 0:
+                log.error(
+                    "worker %d (pid %s) failed to drain: %s",
+                    slot.number,
+                    process.pid,
+                    _describe_exit(process.exitcode),
+                )
+                status = 1
+            self._reap(slot, process)
+        log.info("all workers stopped; exit status %d", status)
+        return status
+
+    def _kill_remaining(self) -> None:
+        """Last resort when leaving abnormally (an exception): no worker outlives the supervisor."""
+        for slot in self.slots:
+            if slot.process is not None:
+                _send(slot.process, signal.SIGKILL)
+                slot.process.join()
+                self._reap(slot, slot.process)
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _start(self, slot: _Slot) -> None:
+        process = self._context.Process(
+            target=_worker_main,
+            args=(self.settings, os.getpid()),
+            name=f"trio-infer-worker-{slot.number}",
+        )
+        # Blocked across the spawn, so the child inherits them blocked and unblocks them only once its
+        # own handlers are installed: a stop signal is never lost nor kills a half-started worker.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        slot.process = process
+        slot.restart_at = None
+        log.info("worker %d started (pid %s)", slot.number, process.pid)
+
+    def _reap(self, slot: _Slot, process: SpawnProcess) -> None:
+        process.join()
+        if process.pid is not None:
+            _mark_dead(process.pid)
+        process.close()
+        slot.process = None
+
+    def _schedule_restart(self, slot: _Slot) -> bool:
+        """Plan the restart of an unexpectedly exited worker; False when the crash budget is spent."""
+        now = time.monotonic()
+        self.crashes.append(now)
+        while self.crashes and self.crashes[0] < now - _CRASH_WINDOW:
+            self.crashes.popleft()
+        recent = len(self.crashes)
+        if recent >= _CRASH_LIMIT:
+            log.critical(
+                "%d unexpected worker exits within %.0f s: giving up (stopping the other workers)",
+                recent,
+                _CRASH_WINDOW,
+            )
+            return False
+        delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (recent - 1))
+        slot.restart_at = now + delay
+        log.warning("restarting worker %d in %.1f s", slot.number, delay)
+        return True
+
+    @staticmethod
+    def _processes(slots: list[_Slot]) -> list[SpawnProcess]:
+        return [slot.process for slot in slots if slot.process is not None]
+
+    def _wait(self, processes: list[SpawnProcess], timeout: float | None) -> None:
+        """Until one of `processes` exits (or has exited), a signal arrives, or `timeout` s pass.
+
+        The caller decides which processes to watch from the same look at their exit codes that
+        it acts on; re-checking here could see an exit the caller has not handled and then sleep.
+        """
+        sentinels = [process.sentinel for process in processes]
+        connection.wait([*sentinels, self._wakeup_read], timeout=timeout)
+        with suppress(BlockingIOError):
+            while self._wakeup_read.recv(512):
+                pass
+
+
+def _describe_exit(exitcode: int) -> str:
+    if exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit status {exitcode}"
+
+
+def _send(process: SpawnProcess, signum: int) -> None:
+    if process.pid is None or process.exitcode is not None:
+        return
+    with suppress(ProcessLookupError):
+        os.kill(process.pid, signum)
+
+
+# ---------------------------------------------------------------------------------- worker side
+def _worker_main(settings: Settings, supervisor_pid: int) -> None:
+    """Entry point of a worker process (a fresh interpreter started by the supervisor).
+
+    Runs `serve.main` with SO_REUSEPORT until it has drained after SIGTERM, then exits 0. A stop
+    signal that arrives before serve.main listens for signals ends the worker at once with status 0.
+    An exception leaving serve.main is logged and the worker exits 1 (the supervisor restarts it).
+    """
+    stopping = False
+
+    def stop_early(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise SystemExit(0)
+
+    try:
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, stop_early)
+        os.setpgrp()  # a terminal's Ctrl-C goes to the supervisor only; it forwards SIGTERM
+        _die_with(supervisor_pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the supervisor
+        configure_logging(settings.log_level, settings.log_format)
+        # serve.hypercorn_config sets `workers` only to make hypercorn use SO_REUSEPORT; its warning
+        # that `workers` means nothing to hypercorn.trio.serve is expected here.
+        warnings.filterwarnings("ignore", message="The config `workers` has no affect")
+        import trio
+
+        from .serve import main as serve_main
+
+        trio.run(functools.partial(serve_main, settings, reuse_port=True))
+    except BaseException as error:
+        if stopping:
+            sys.exit(0)
+        log.critical("worker pid %d failed: %r", os.getpid(), error, exc_info=error)
+        sys.exit(1)
+
+
+def _die_with(supervisor_pid: int) -> None:
+    """Ask Linux for SIGTERM when the supervisor dies; stop now if it already has."""
+    if sys.platform == "linux":
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != supervisor_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+__all__ = ["METRICS_DIR_VAR", "run_workers"]
