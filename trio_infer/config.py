@@ -108,13 +108,19 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         default: object = getattr(defaults, name)
         if name == "max_batch_tokens":
             default = "auto"
+        shown = "none" if default is None else default  # never echo an environment value (API_KEY)
         raw = env.get(var)
+        if raw not in (None, ""):
+            try:
+                default = kind(raw)
+            except ValueError:
+                parser.error(f"environment variable {var}={raw!r} is not a valid {kind.__name__}")
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             type=kind,
-            default=kind(raw) if raw not in (None, "") else default,
-            help=f"{text} [env {var}, default {default}]",
+            default=default,
+            help=f"{text} [env {var}, default {shown}]",
         )
     return parser
 
@@ -132,10 +138,7 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     """Parse flags (falling back to the environment) into validated Settings; exits with usage on error."""
     env = os.environ if env is None else env
     parser = build_parser(env)
-    try:
-        args = parser.parse_args(argv)
-    except ValueError as error:  # a malformed environment value
-        parser.error(str(error))
+    args = parser.parse_args(argv)
     values = vars(args)
     try:
         values["max_batch_tokens"] = _parse_tokens(values["max_batch_tokens"])
