@@ -265,6 +265,10 @@ async def test_request_id_is_echoed_or_generated(client: Client) -> None:
     assert len(response.headers["X-Request-ID"]) >= 16
     response = await client.get("/nowhere", headers={"X-Request-ID": "err-1"})
     assert response.headers["X-Request-ID"] == "err-1"
+    for unusable in ("x" * 500, "tab\there"):
+        response = await client.post("/embed", json={"input_text": "x"}, headers={"X-Request-ID": unusable})
+        assert response.headers["X-Request-ID"] != unusable
+        assert len(response.headers["X-Request-ID"]) == 32
 
 
 METRIC_FAMILIES = [

@@ -19,15 +19,18 @@ from werkzeug.exceptions import HTTPException
 
 from . import errors
 from .bodies import read_model
+from .openapi_provider import RequiredBodyOpenAPIProvider
 from .probes import ProbeMiddleware
 from .responses import error_response, json_response
 from .schemas import EmbedRequest, EmbedResponse, ErrorResponse, HealthResponse, ReadyResponse
 from .service import EmbeddingService
+from .throttle import WORK_LIMIT, WorkLimitMiddleware
 
 log = logging.getLogger("trio_infer.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TIMEOUT_HEADER = "X-Request-Timeout"
+_MAX_REQUEST_ID = 128
 _OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 _HTTP_ERRORS: dict[int, type[errors.ServiceError]] = {
@@ -57,6 +60,14 @@ def request_timeout() -> float | None:
     return value
 
 
+def _request_id(supplied: str | None) -> str:
+    """The caller's id when it is a short printable ASCII token (it goes into headers and logs),
+    else a fresh one."""
+    if supplied and len(supplied) <= _MAX_REQUEST_ID and supplied.isascii() and supplied.isprintable():
+        return supplied
+    return uuid.uuid4().hex
+
+
 def create_app(service: EmbeddingService) -> QuartTrio:
     settings = service.settings
     app = QuartTrio(__name__)
@@ -70,6 +81,7 @@ def create_app(service: EmbeddingService) -> QuartTrio:
         swagger_ui_path="/docs",
         redoc_ui_path="/redoc",
         scalar_ui_path=None,
+        openapi_provider_class=RequiredBodyOpenAPIProvider,
     )
     app.extensions["embedding_service"] = service
     api_key = settings.api_key.encode() if settings.api_key else None
@@ -77,7 +89,7 @@ def create_app(service: EmbeddingService) -> QuartTrio:
     @app.before_request
     async def start_request() -> None:
         g.started = time.perf_counter()
-        g.request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        g.request_id = _request_id(request.headers.get(REQUEST_ID_HEADER))
         if api_key is not None and not request.path.startswith(_OPEN_PATHS):
             supplied = request.headers.get("Authorization", "")
             scheme, _, token = supplied.partition(" ")
@@ -122,7 +134,11 @@ def create_app(service: EmbeddingService) -> QuartTrio:
             detail = f"no route {request.path}"
         elif error.code == 405:
             detail = f"{request.method} is not allowed on {request.path}"
-        return error_response(kind(detail), openai=_is_openai(request.path))
+        response = error_response(kind(detail), openai=_is_openai(request.path))
+        allowed = getattr(error, "valid_methods", None)
+        if error.code == 405 and allowed:
+            response.headers["Allow"] = ", ".join(sorted(allowed))  # required with a 405 (RFC 9110)
+        return response
 
     @app.errorhandler(Exception)
     async def handle_unexpected(error: Exception) -> Response:
@@ -171,7 +187,12 @@ def create_app(service: EmbeddingService) -> QuartTrio:
         body, content_type = service.metrics.exposition()
         return Response(body, 200, content_type=content_type)
 
-    app.asgi_app = ProbeMiddleware(app.asgi_app, service)  # type: ignore[method-assign]
+    from .openai_api import blueprint as openai_blueprint
+
+    app.register_blueprint(openai_blueprint)
+
+    limited = WorkLimitMiddleware(app.asgi_app, WORK_LIMIT, settings.max_body_size)
+    app.asgi_app = ProbeMiddleware(limited, service)  # type: ignore[method-assign]
     return app
 
 

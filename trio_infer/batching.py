@@ -104,9 +104,14 @@ class Batcher:
         return trio.current_time() - self._forward_started
 
     def predicted_wait(self, extra: int = 0) -> float | None:
-        """Seconds until `extra` more texts would be done, from the measured service rate."""
+        """Seconds until `extra` more texts would be done, from the measured service rate.
+
+        None when the rate is unknown, and when nothing is queued or running: an idle model serves a
+        newcomer at once however slow its recent passes were (else one pass slower than the request
+        timeout, a hang, would close admission for good: no pass runs to measure the rate again).
+        """
         rate = self._rate.per_second
-        if rate is None:
+        if rate is None or (not self._queued and not self._inflight):
             return None
         return (self.queue_size + extra) / rate + self.stalled_for()
 

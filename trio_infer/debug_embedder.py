@@ -1,11 +1,21 @@
 """`MODEL_NAME=debug`: deterministic unit vectors from a hash of the text, no torch work.
 
-For measuring the serving path alone and for users' integration tests.
+For measuring the serving path alone and for users' integration tests. Marker texts inject faults
+into the forward pass (only this model reads them; a text without markers is just hashed):
+
+- `[[sleep:SECONDS]]` anywhere in a text: the forward pass holding it sleeps that long (the longest
+  marker in the batch) before answering; keeps the model busy or simulates a hang (`--watchdog-timeout`).
+- `[[fail]]`: the forward pass holding it raises `DebugModelError`: a poison input. The batcher fails
+  the batch, retries its texts one by one, and only the poison text's request gets 500.
+- `[[crash]]`: the forward pass raises `CollectorCrash`, a `BaseException` that model error handling
+  does not catch, standing in for a bug in a batch collector: the process logs it and exits non-zero.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +23,18 @@ import numpy as np
 from .jobs import Vector
 
 DEBUG_DIMENSION = 384
+
+_SLEEP = re.compile(r"\[\[sleep:(\d+(?:\.\d*)?|\.\d+)\]\]")
+FAIL_MARKER = "[[fail]]"
+CRASH_MARKER = "[[crash]]"
+
+
+class DebugModelError(RuntimeError):
+    """Raised by a forward pass over a `[[fail]]` text."""
+
+
+class CollectorCrash(BaseException):  # escapes `except Exception` on purpose
+    """Raised by a forward pass over a `[[crash]]` text; simulates a bug that kills a collector."""
 
 
 class DebugModel:
@@ -28,6 +50,13 @@ class DebugModel:
         return [[101, *[1000] * min(len(text.split()), self.max_tokens - 2), 102] for text in texts]
 
     def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
+        pause = max((float(m) for text in texts for m in _SLEEP.findall(text)), default=0.0)
+        if pause:
+            time.sleep(pause)
+        if any(CRASH_MARKER in text for text in texts):
+            raise CollectorCrash("[[crash]] marker: simulated collector crash")
+        if any(FAIL_MARKER in text for text in texts):
+            raise DebugModelError("[[fail]] marker: simulated model failure")
         return [self._vector(text) for text in texts]
 
     def _vector(self, text: str) -> Vector:

@@ -15,9 +15,18 @@ def _not_blank(text: str) -> str:
     return text
 
 
+# What `_not_blank` accepts, for the OpenAPI schema: some character that is not whitespace as Python's
+# `str.isspace` defines it (which, unlike a JSON Schema `\S`, counts U+001C-U+001F and U+0085).
+NOT_BLANK_PATTERN = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
 Text = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_TEXT_CHARS, description="1-1024 characters, not whitespace only"),
+    Field(
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        description="1-1024 characters, not whitespace only",
+        json_schema_extra={"pattern": NOT_BLANK_PATTERN},
+    ),
     AfterValidator(_not_blank),
 ]
 
@@ -51,12 +60,17 @@ class ReadyResponse(BaseModel):
     status: Literal["ready", "not ready"]
 
 
+# A body with thousands of unknown (or very long) keys must not get an error as large as itself.
+_MAX_REPORTED_ERRORS = 5
+_MAX_LOCATION_CHARS = 100
+
+
 def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
     """A one-line, client-safe description of what failed, and the first offending field."""
     parts = []
     first_field: str | None = None
     for item in error.errors(include_url=False, include_input=False):
-        location = ".".join(str(part) for part in item["loc"])
+        location = ".".join(str(part) for part in item["loc"])[:_MAX_LOCATION_CHARS]
         if first_field is None and location:
             first_field = location
         message = item["msg"].removeprefix("Value error, ")
@@ -65,4 +79,6 @@ def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
         elif item["type"] == "extra_forbidden":
             message = "unknown field"
         parts.append(f"{location}: {message}" if location else message)
+    if len(parts) > _MAX_REPORTED_ERRORS:
+        parts[_MAX_REPORTED_ERRORS:] = [f"and {len(parts) - _MAX_REPORTED_ERRORS} more errors"]
     return "; ".join(parts) or "invalid request body", first_field

@@ -18,6 +18,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
+from . import hypercorn_fixes
 from .app import create_app
 from .batching import Batcher, BatchLimits
 from .config import Settings
@@ -50,6 +51,7 @@ def hypercorn_config(settings: Settings, *, reuse_port: bool = False) -> Config:
 
 async def main(settings: Settings, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT and a completed drain. Raises if a collector task crashes."""
+    hypercorn_fixes.install()
     lifecycle = Lifecycle(graceful_timeout=settings.graceful_timeout, drain_delay=settings.drain_delay)
     metrics = Metrics()
     async with trio.open_nursery() as process:

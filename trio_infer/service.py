@@ -13,6 +13,7 @@ from .errors import Draining, RequestTimeout, Unavailable
 from .jobs import Job
 from .lifecycle import Lifecycle
 from .metrics import Metrics
+from .throttle import release_work_slot
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class EmbeddingService:
         )
         deadline = trio.current_time() + limit
         jobs = self.batcher.submit(texts, deadline=deadline, request_id=request_id)
+        release_work_slot()  # waiting for the model is no event-loop work
         with self.lifecycle.request_scope(deadline) as scope:
             try:
                 for job in jobs:
