@@ -32,7 +32,7 @@ from tests.serverproc import (
     post_json,
     read_response,
 )
-from trio_infer.debug_embedder import DebugModel
+from trio_infer.debug_embedder import DebugEmbedder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -409,11 +409,11 @@ async def test_poison_input_fails_alone_and_its_batch_mates_succeed(
         await wait_for(lambda: _queued(port, 8), what="all eight to queue behind the busy model")
 
     assert_error(results["poison-request"], 500, "inference_error")
-    model = DebugModel()
+    model = DebugEmbedder()
     for i, text in enumerate(good_texts):
         response = results[f"good-request-{i}"]
         assert response.status == 200, response
-        assert np.allclose(response.json()["embedding"], model.embed([text], [[0]])[0], atol=1e-6)
+        assert np.allclose(response.json()["embedding"], (await model.embed([text], [[0]]))[0], atol=1e-6)
     # They really shared the failed forward pass: it named all of them; then the retry isolated the poison.
     failed_batches = re.findall(r"forward pass of (\d+) text\(s\) failed \(requests ([^)]*)\)", server.log())
     everyone = {"poison-request", *(f"good-request-{i}" for i in range(len(good_texts)))}

@@ -6,10 +6,7 @@ runs nothing in `app.nursery` (the batcher's lifetime belongs to `serve.main`).
 
 from __future__ import annotations
 
-import hmac
-import logging
 import time
-import uuid
 from typing import Any
 
 from quart import Response, g, request
@@ -17,21 +14,14 @@ from quart_schema import Info, QuartSchema, document_request, document_response,
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import errors
-from .bodies import read_model
+from . import access, errors
+from .embed_endpoint import EmbedEndpoint
 from .openapi_provider import RequiredBodyOpenAPIProvider
 from .probes import ProbeMiddleware
 from .responses import error_response, json_response
 from .schemas import EmbedRequest, EmbedResponse, ErrorResponse, HealthResponse, ReadyResponse
 from .service import EmbeddingService
 from .throttle import WORK_LIMIT, WorkLimitMiddleware
-
-log = logging.getLogger("trio_infer.access")
-
-REQUEST_ID_HEADER = "X-Request-ID"
-TIMEOUT_HEADER = "X-Request-Timeout"
-_MAX_REQUEST_ID = 128
-_OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 _HTTP_ERRORS: dict[int, type[errors.ServiceError]] = {
     400: errors.BadRequest,
@@ -44,28 +34,6 @@ _HTTP_ERRORS: dict[int, type[errors.ServiceError]] = {
 
 def _is_openai(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
-
-
-def request_timeout() -> float | None:
-    """The caller's own deadline in seconds from the `X-Request-Timeout` header, if valid."""
-    raw = request.headers.get(TIMEOUT_HEADER)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise errors.BadRequest(f"{TIMEOUT_HEADER} must be a number of seconds, got {raw!r}") from None
-    if not value > 0 or value != value:
-        raise errors.BadRequest(f"{TIMEOUT_HEADER} must be positive")
-    return value
-
-
-def _request_id(supplied: str | None) -> str:
-    """The caller's id when it is a short printable ASCII token (it goes into headers and logs),
-    else a fresh one."""
-    if supplied and len(supplied) <= _MAX_REQUEST_ID and supplied.isascii() and supplied.isprintable():
-        return supplied
-    return uuid.uuid4().hex
 
 
 def create_app(service: EmbeddingService) -> QuartTrio:
@@ -89,37 +57,19 @@ def create_app(service: EmbeddingService) -> QuartTrio:
     @app.before_request
     async def start_request() -> None:
         g.started = time.perf_counter()
-        g.request_id = _request_id(request.headers.get(REQUEST_ID_HEADER))
-        if api_key is not None and not request.path.startswith(_OPEN_PATHS):
-            supplied = request.headers.get("Authorization", "")
-            scheme, _, token = supplied.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):
-                raise errors.Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+        g.request_id = access.request_id(request.headers.get(access.REQUEST_ID_HEADER))
+        access.check_api_key(request.path, request.headers.get("Authorization"), api_key)
 
     @app.after_request
     async def finish_request(response: Response) -> Response:
         request_id = getattr(g, "request_id", "")
-        response.headers[REQUEST_ID_HEADER] = request_id
+        response.headers[access.REQUEST_ID_HEADER] = request_id
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         elapsed = time.perf_counter() - getattr(g, "started", time.perf_counter())
-        service.metrics.http_requests.labels(
-            route=route, method=request.method, status=str(response.status_code)
-        ).inc()
-        service.metrics.http_duration.labels(route=route).observe(elapsed)
+        service.metrics.count_http(route, request.method, response.status_code, elapsed)
         if service.lifecycle.closing:
             response.headers["Connection"] = "close"
-        log.info(
-            "%s %s %d %.1fms",
-            request.method,
-            request.path,
-            response.status_code,
-            elapsed * 1e3,
-            extra={
-                "request_id": request_id,
-                "status": response.status_code,
-                "duration_ms": round(elapsed * 1e3, 2),
-            },
-        )
+        access.log_access(request.method, request.path, response.status_code, elapsed, request_id)
         return response
 
     @app.errorhandler(errors.ServiceError)
@@ -142,7 +92,7 @@ def create_app(service: EmbeddingService) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def handle_unexpected(error: Exception) -> Response:
-        log.exception("unhandled error (request %s)", getattr(g, "request_id", ""))
+        access.log.exception("unhandled error (request %s)", getattr(g, "request_id", ""))
         return error_response(errors.ServiceError("internal server error"), openai=_is_openai(request.path))
 
     @app.post("/embed")
@@ -162,9 +112,9 @@ def create_app(service: EmbeddingService) -> QuartTrio:
         Errors are JSON `{"error", "detail"}`. 503 (overloaded, not ready, shutting down) carries
         `Retry-After` when retrying later can help. `X-Request-Timeout: <seconds>` shortens the deadline.
         """
-        body = await read_model(request, EmbedRequest)
-        jobs = await service.embed([body.input_text], time_limit=request_timeout(), request_id=g.request_id)
-        return json_response({"embedding": jobs[0].vector, "model": service.model_name})
+        # Requests are answered by EmbedEndpoint ahead of Quart (embed_endpoint.py); this declaration
+        # documents the route and lets Quart answer its other methods with 405.
+        raise errors.ServiceError("POST /embed reached Quart: EmbedEndpoint is not installed")
 
     @app.get("/health")
     @document_response(HealthResponse, 200)
@@ -191,7 +141,7 @@ def create_app(service: EmbeddingService) -> QuartTrio:
 
     app.register_blueprint(openai_blueprint)
 
-    limited = WorkLimitMiddleware(app.asgi_app, WORK_LIMIT, settings.max_body_size)
+    limited = WorkLimitMiddleware(EmbedEndpoint(app.asgi_app, service), WORK_LIMIT, settings.max_body_size)
     app.asgi_app = ProbeMiddleware(limited, service)  # type: ignore[method-assign]
     return app
 
@@ -214,4 +164,4 @@ def current_service() -> EmbeddingService:
     return service
 
 
-__all__ = ["create_app", "current_service", "health_body", "ready_body", "request_timeout"]
+__all__ = ["create_app", "current_service", "health_body", "ready_body"]

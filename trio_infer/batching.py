@@ -166,7 +166,7 @@ class Batcher:
         self._send.close()
 
     def _reject(self, count: int) -> None:
-        self.metrics.requests.labels(status="rejected").inc(count)
+        self.metrics.outcome["rejected"].inc(count)
 
     def _update_queue_gauge(self) -> None:
         self.metrics.queue_size.set(len(self._queued))
@@ -290,7 +290,7 @@ class Batcher:
         for job, vector in zip(batch, vectors, strict=True):
             if not job.abandoned:
                 job.succeed(vector)
-                self.metrics.requests.labels(status="success").inc()
+                self.metrics.outcome["success"].inc()
                 self.metrics.request_latency.observe(now - job.admitted_at)
 
     async def _run_model(self, batch: list[Job]) -> list[Vector] | None:
@@ -333,6 +333,6 @@ class Batcher:
         for job in jobs:
             if not job.done.is_set():
                 job.fail(InferenceFailed("inference failed; see the server log"))
-                self.metrics.requests.labels(status="error").inc()
+                self.metrics.outcome["error"].inc()
                 self._queued.discard(job)
         self._update_queue_gauge()

@@ -28,14 +28,22 @@ async def read_model(request: Request, model: type[M]) -> M:
     app's MAX_CONTENT_LENGTH (checked against Content-Length before reading), InvalidJSON (400) for
     bytes that are not JSON (including invalid UTF-8 and lone surrogates), ValidationFailed (422).
     """
-    if not _is_json(request.mimetype):
-        raise UnsupportedMediaType(
-            f"Content-Type must be application/json, got {request.mimetype or 'nothing'!r}"
-        )
+    check_content_type(request.mimetype)
     try:
         data = await request.get_data(cache=False, as_text=False)
     except RequestEntityTooLarge as error:
         raise PayloadTooLarge(f"the body exceeds {request.max_content_length} bytes") from error
+    return parse_model(data, model)
+
+
+def check_content_type(mimetype: str) -> None:
+    """Raise UnsupportedMediaType unless `mimetype` (no parameters) is JSON."""
+    if not _is_json(mimetype):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {mimetype or 'nothing'!r}")
+
+
+def parse_model(data: bytes | str, model: type[M]) -> M:
+    """`data` parsed as JSON and validated as `model` (InvalidJSON 400, ValidationFailed 422)."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as error:

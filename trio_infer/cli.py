@@ -14,7 +14,8 @@ log = logging.getLogger("trio_infer")
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(argv)
-    configure_logging(settings.log_level, settings.log_format)
+    # The supervisor of several workers logs rarely and runs no flushing task: write through.
+    configure_logging(settings.log_level, settings.log_format, buffered=settings.workers == 1)
     if settings.workers > 1:
         from .workers import run_workers
 

@@ -1,9 +1,11 @@
 """`MODEL_NAME=debug`: deterministic unit vectors from a hash of the text, no torch work.
 
-For measuring the serving path alone and for users' integration tests. Marker texts inject faults
+For measuring the serving path alone and for users' integration tests. Its work is a hash per text,
+cheaper than a thread hop, so it runs on the event loop (an `AsyncEmbedder` itself): the serving path
+is measured without a model's costs. Marker texts inject faults
 into the forward pass (only this model reads them; a text without markers is just hashed):
 
-- `[[sleep:SECONDS]]` anywhere in a text: the forward pass holding it sleeps that long (the longest
+- `[[sleep:SECONDS]]` anywhere in a text: the forward pass holding it waits that long (the longest
   marker in the batch) before answering; keeps the model busy or simulates a hang (`--watchdog-timeout`).
 - `[[fail]]`: the forward pass holding it raises `DebugModelError`: a poison input. The batcher fails
   the batch, retries its texts one by one, and only the poison text's request gets 500.
@@ -15,10 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from collections.abc import Sequence
 
 import numpy as np
+import trio
 
 from .jobs import Vector
 
@@ -37,22 +39,25 @@ class CollectorCrash(BaseException):  # escapes `except Exception` on purpose
     """Raised by a forward pass over a `[[crash]]` text; simulates a bug that kills a collector."""
 
 
-class DebugModel:
-    """Same text, same vector; different texts, (almost surely) different vectors."""
+class DebugEmbedder:
+    """Same text, same vector; different texts, (almost surely) different vectors.
+
+    Calls are checkpoints; a `[[sleep:S]]` pass blocks its collector (as a busy model would), never
+    the event loop."""
 
     name = "debug"
     device = "cpu"
     dimension = DEBUG_DIMENSION
     max_tokens = 512
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        await trio.lowlevel.checkpoint()
         # One pseudo-token per whitespace word plus two markers, so length-aware batching still has lengths.
         return [[101, *[1000] * min(len(text.split()), self.max_tokens - 2), 102] for text in texts]
 
-    def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
+    async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
         pause = max((float(m) for text in texts for m in _SLEEP.findall(text)), default=0.0)
-        if pause:
-            time.sleep(pause)
+        await trio.sleep(pause)
         if any(CRASH_MARKER in text for text in texts):
             raise CollectorCrash("[[crash]] marker: simulated collector crash")
         if any(FAIL_MARKER in text for text in texts):
@@ -60,9 +65,9 @@ class DebugModel:
         return [self._vector(text) for text in texts]
 
     def _vector(self, text: str) -> Vector:
-        seed = int.from_bytes(
-            hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
-        )
-        vector = np.random.default_rng(seed).standard_normal(self.dimension).astype(np.float32)
-        vector /= np.linalg.norm(vector)
+        # Two hash bytes per dimension, centred and scaled to unit length: a few microseconds, where
+        # seeding a random generator per text cost more than the rest of the request's batcher work.
+        digest = hashlib.shake_256(text.encode("utf-8", "surrogatepass")).digest(2 * self.dimension)
+        vector = np.frombuffer(digest, dtype="<u2").astype(np.float32) - 32767.5
+        vector *= 1.0 / float(np.sqrt(np.dot(vector, vector)))
         return vector

@@ -12,8 +12,7 @@ import enum
 import logging
 import math
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
 import trio
 
@@ -25,6 +24,25 @@ class Phase(enum.Enum):
     READY = "ready"
     DRAINING = "draining"  # readiness off, still accepting (load balancers are catching up)
     CLOSING = "closing"  # listener closed; in-flight requests finish
+
+
+class _RequestScope:
+    """`with`: enters the cancel scope and registers it for the drain. A class, not a generator
+    context manager: it runs on every request."""
+
+    __slots__ = ("_registry", "scope")
+
+    def __init__(self, registry: set[trio.CancelScope], scope: trio.CancelScope) -> None:
+        self._registry = registry
+        self.scope = scope
+
+    def __enter__(self) -> trio.CancelScope:
+        self._registry.add(self.scope)
+        return self.scope.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        self._registry.discard(self.scope)
+        return self.scope.__exit__(*exc_info)
 
 
 class Lifecycle:
@@ -64,15 +82,9 @@ class Lifecycle:
     def drain_expired(self) -> bool:
         return trio.current_time() >= self.drain_deadline
 
-    @contextmanager
-    def request_scope(self, deadline: float) -> Iterator[trio.CancelScope]:
+    def request_scope(self, deadline: float) -> _RequestScope:
         """A cancel scope expiring at `deadline`, or at the drain deadline if that comes first."""
-        with trio.CancelScope(deadline=min(deadline, self.drain_deadline)) as scope:
-            self._scopes.add(scope)
-            try:
-                yield scope
-            finally:
-                self._scopes.discard(scope)
+        return _RequestScope(self._scopes, trio.CancelScope(deadline=min(deadline, self.drain_deadline)))
 
     async def watch_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the drain on SIGTERM/SIGINT. Keeps listening so a second signal does not kill the

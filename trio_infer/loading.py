@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .calibration import calibrate, choose_token_budget
 from .config import DEBUG_MODEL, Settings
-from .embedder import Model
+from .embedder import AsyncEmbedder, ThreadedEmbedder
 from .formation import CostModel
 
 log = logging.getLogger(__name__)
@@ -18,30 +18,31 @@ _DEBUG_COST = CostModel(fixed=1e-4, per_token=1e-8)
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
-    model: Model
+    embedder: AsyncEmbedder
     cost: CostModel
     max_batch_tokens: int
 
 
 def load_model(settings: Settings) -> LoadedModel:
     """Load the model, fit its cost model and pick the padded-token budget (unless configured)."""
-    model: Model
+    embedder: AsyncEmbedder
     if settings.model_name == DEBUG_MODEL:
-        from .debug_embedder import DebugModel
+        from .debug_embedder import DebugEmbedder
 
-        model = DebugModel()
+        embedder = DebugEmbedder()
         cost = _DEBUG_COST
     else:
         from .st_embedder import SentenceTransformerModel
 
         model = SentenceTransformerModel(settings)
         cost = calibrate(model)
+        embedder = ThreadedEmbedder(model)
     budget = settings.max_batch_tokens
     source = "configured"
     if budget is None:
         budget = choose_token_budget(
-            cost, max_batch_size=settings.max_batch_size, max_tokens=model.max_tokens
+            cost, max_batch_size=settings.max_batch_size, max_tokens=embedder.max_tokens
         )
         source = "calibrated"
     log.info("max batch tokens: %d (%s)", budget, source)
-    return LoadedModel(model=model, cost=cost, max_batch_tokens=budget)
+    return LoadedModel(embedder=embedder, cost=cost, max_batch_tokens=budget)

@@ -40,8 +40,60 @@ class TextFormatter(logging.Formatter):
         return f"{line} request_id={request_id}" if request_id else line
 
 
-def configure_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class BufferedStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes records to a 64 KiB buffer over stderr instead of one write per line.
+
+    Every write is a system call that hands the GIL to a busy inference thread and can keep the event
+    loop waiting; with a line per request that cost was ~15% of the serving path's throughput. The
+    buffer is flushed by `flush_periodically`, at once for warnings and worse, and at exit.
+    """
+
+    def __init__(self) -> None:
+        stream = open(  # noqa: SIM115 - lives as long as the process; closefd=False keeps stderr open
+            sys.stderr.fileno(),
+            "w",
+            buffering=1 << 16,
+            encoding="utf-8",
+            errors="backslashreplace",
+            closefd=False,
+        )
+        super().__init__(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+        if record.levelno >= logging.WARNING:
+            self.flush()
+
+
+async def flush_periodically(interval: float = 0.25) -> None:
+    """Flush buffered log handlers every `interval` seconds; runs until cancelled, then flushes."""
+    import trio
+
+    try:
+        while True:
+            await trio.sleep(interval)
+            _flush_all()
+    finally:
+        _flush_all()
+
+
+def _flush_all() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def configure_logging(level: str, fmt: str, *, buffered: bool = False) -> None:
+    """Log to stderr as text or JSON lines; `buffered` for a process that runs `flush_periodically`."""
+    handler: logging.Handler = BufferedStderrHandler() if buffered else logging.StreamHandler(sys.stderr)
+    # Record fields no formatter here prints; gathering them (a stack walk for the caller's file and
+    # line, thread and process look-ups) cost more than the rest of a request's log line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

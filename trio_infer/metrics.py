@@ -39,8 +39,9 @@ class Metrics:
         self.requests = Counter(
             "batcher_requests", "Texts handled by the batcher, by outcome", ["status"], registry=r
         )
-        for status in REQUEST_STATUSES:
-            self.requests.labels(status=status)  # every series exists from start-up
+        # Every series exists from start-up; children are kept because `labels()` costs a lock and a
+        # lookup per call on the hot path.
+        self.outcome = {status: self.requests.labels(status=status) for status in REQUEST_STATUSES}
         self.request_latency = Histogram(
             "batcher_request_latency_seconds",
             "Admission to result, per text",
@@ -91,6 +92,7 @@ class Metrics:
         self.http_requests = Counter(
             "http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
         )
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.http_duration = Histogram(
             "http_request_duration_seconds",
             "HTTP request duration",
@@ -126,6 +128,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+
+    def count_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(route=route, method=method, status=str(status)),
+                self.http_duration.labels(route=route),
+            )
+            self._http_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics text and its content type; all live workers' in multiprocess mode."""

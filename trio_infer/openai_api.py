@@ -16,7 +16,7 @@ from quart import Blueprint, Response, current_app, g, request
 from quart.blueprints import BlueprintSetupState
 from quart_schema import document_request, document_response
 
-from . import errors
+from . import access, errors
 from .bodies import read_model
 from .jobs import Vector
 from .openai_schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList, ModelObject, OpenAIErrorResponse
@@ -112,13 +112,16 @@ async def create_embeddings() -> Response:
     truncation to its maximum). A list is admitted whole or refused with 503 (`Retry-After`).
     Token id arrays are refused with 400 `token_ids_not_supported`: send text.
     """
-    from .app import request_timeout  # here, not at the top: app.py imports this module
 
     service = _service()
     body = await read_model(request, EmbeddingsRequest)
     _check_model(service, body.model)
     _check_dimensions(service, body.dimensions)
-    jobs = await service.embed(body.input, time_limit=request_timeout(), request_id=g.request_id)
+    jobs = await service.embed(
+        body.input,
+        time_limit=access.parse_timeout(request.headers.get(access.TIMEOUT_HEADER)),
+        request_id=g.request_id,
+    )
     data = []
     prompt_tokens = 0
     for index, job in enumerate(jobs):

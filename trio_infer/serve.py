@@ -22,9 +22,9 @@ from . import hypercorn_fixes
 from .app import create_app
 from .batching import Batcher, BatchLimits
 from .config import Settings
-from .embedder import ThreadedEmbedder
 from .lifecycle import Lifecycle
 from .loading import LoadedModel, load_model
+from .logs import flush_periodically
 from .metrics import Metrics
 from .service import EmbeddingService
 
@@ -56,6 +56,7 @@ async def main(settings: Settings, *, reuse_port: bool = False) -> None:
     metrics = Metrics()
     async with trio.open_nursery() as process:
         await process.start(lifecycle.watch_signals)
+        process.start_soon(flush_periodically)
         loaded = await _load_unless_stopped(settings, lifecycle)
         if loaded is None:
             log.info("shutdown requested during start-up")
@@ -68,7 +69,7 @@ async def main(settings: Settings, *, reuse_port: bool = False) -> None:
             num_workers=settings.num_batching_workers,
             max_queue_size=settings.max_queue_size,
         )
-        batcher = Batcher(ThreadedEmbedder(loaded.model), metrics, limits, loaded.cost)
+        batcher = Batcher(loaded.embedder, metrics, limits, loaded.cost)
         async with trio.open_nursery() as serving:
             await serving.start(batcher.run)
             service = EmbeddingService(settings, batcher, lifecycle, metrics)

@@ -63,7 +63,7 @@ class EmbeddingService:
                 left = self.batcher.withdraw(jobs)
                 if left:
                     status = "timeout" if scope.cancel_called else "cancelled"
-                    self.metrics.requests.labels(status=status).inc(left)
+                    self.metrics.outcome[status].inc(left)
             for job in jobs:
                 if job.error is not None:
                     raise job.error

@@ -349,7 +349,7 @@ def _worker_main(settings: Settings, supervisor_pid: int) -> None:
         os.setpgrp()  # a terminal's Ctrl-C goes to the supervisor only; it forwards SIGTERM
         _die_with(supervisor_pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the supervisor
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, buffered=True)
         # serve.hypercorn_config sets `workers` only to make hypercorn use SO_REUSEPORT; its warning
         # that `workers` means nothing to hypercorn.trio.serve is expected here.
         warnings.filterwarnings("ignore", message="The config `workers` has no affect")
