@@ -25,6 +25,29 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Every setting the CLI reads from the environment: a server under test starts from the defaults
+# (above all no API key and one worker) whatever the calling shell exports; tests pass their own.
+SETTINGS_ENV = (
+    "HOST",
+    "PORT",
+    "MAX_BATCH_SIZE",
+    "BATCH_TIMEOUT",
+    "NUM_BATCHING_WORKERS",
+    "REQUEST_TIMEOUT",
+    "GRACEFUL_TIMEOUT",
+    "DRAIN_DELAY",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "MAX_BATCH_TOKENS",
+    "MAX_QUEUE_SIZE",
+    "MAX_BODY_SIZE",
+    "API_KEY",
+    "WORKERS",
+    "WATCHDOG_TIMEOUT",
+    "MODEL_NAME",
+    "DEVICE",
+)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -67,7 +90,8 @@ class ServerProcess:
         return self.proc.pid
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
-        env = {**os.environ, "MODEL_NAME": "debug", "HF_HUB_OFFLINE": "1", **self.env}
+        inherited = {key: value for key, value in os.environ.items() if key not in SETTINGS_ENV}
+        env = {**inherited, "MODEL_NAME": "debug", "HF_HUB_OFFLINE": "1", **self.env}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [

@@ -11,13 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,37 +21,14 @@ import numpy as np
 import openai
 import pytest
 
+from tests.serverproc import ServerProcess
 from trio_infer.openai_schemas import EmbeddingsRequest
 
-ROOT = Path(__file__).resolve().parent.parent
 FULL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 SHORT_NAME = "all-MiniLM-L6-v2"
 DIMENSION = 384
 STARTUP_LIMIT = 120.0
 CLIENT_TIMEOUT = 180.0
-
-# Every setting the CLI reads from the environment: the server under test must use its defaults
-# (above all the bundled model, no API key, one worker) whatever the calling shell exports.
-_SETTINGS_ENV = (
-    "HOST",
-    "PORT",
-    "MAX_BATCH_SIZE",
-    "BATCH_TIMEOUT",
-    "NUM_BATCHING_WORKERS",
-    "REQUEST_TIMEOUT",
-    "GRACEFUL_TIMEOUT",
-    "DRAIN_DELAY",
-    "LOG_LEVEL",
-    "LOG_FORMAT",
-    "MAX_BATCH_TOKENS",
-    "MAX_QUEUE_SIZE",
-    "MAX_BODY_SIZE",
-    "API_KEY",
-    "WORKERS",
-    "WATCHDOG_TIMEOUT",
-    "MODEL_NAME",
-    "DEVICE",
-)
 
 
 @dataclass(frozen=True)
@@ -74,70 +44,16 @@ class Server:
         return f"{self.url}/v1"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _log_tail(path: Path, limit: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-limit:]
-    except OSError:
-        return "(no log)"
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    port = _free_port()
-    env = {key: value for key, value in os.environ.items() if key not in _SETTINGS_ENV}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    log_dir = Path(tempfile.mkdtemp(prefix="trio-infer-openai-"))
-    log_path = log_dir / "server.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "trio_infer",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                # The machine is shared and small: no request of these tests should time out.
-                "--request-timeout",
-                "120",
-                "--graceful-timeout",
-                "10",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    # The machine is shared and small: no request of these tests should time out.
+    proc = ServerProcess(
+        args=["--request-timeout", "120", "--graceful-timeout", "10"], env={"MODEL_NAME": ""}
+    ).start(timeout=STARTUP_LIMIT)
     try:
-        deadline = time.monotonic() + STARTUP_LIMIT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{_log_tail(log_path)}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready within {STARTUP_LIMIT:g} s:\n{_log_tail(log_path)}")
-            time.sleep(0.25)
-        yield Server(port)
+        yield Server(proc.port)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        proc.stop(timeout=60)
 
 
 @pytest.fixture(scope="module")
