@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
@@ -129,7 +130,7 @@ async def test_size_cap_and_token_budget(
             assert len(batch) * max(lengths) <= 256
 
 
-async def test_length_ordering_within_a_round(
+async def test_batches_group_texts_of_similar_length(
     service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
 ) -> None:
     embedder.gate = trio.Event()
@@ -140,10 +141,55 @@ async def test_length_ordering_within_a_round(
         nursery.start_soon(embed_all, service, texts)
         await trio.sleep(0.2)
         embedder.gate.set()
-    longest_per_batch = [max(len(text.split()) for text in batch) for batch in embedder.batches[1:]]
-    assert longest_per_batch == sorted(longest_per_batch)
-    # Short texts were not padded to the 60-word ones.
-    assert max(len(text.split()) for text in embedder.batches[1]) <= 4
+    ranges = [
+        (min(len(t.split()) for t in batch), max(len(t.split()) for t in batch))
+        for batch in embedder.batches[1:]
+    ]
+    # Each pass is a run of the length-sorted texts: short texts are never padded to the long ones.
+    for low, high in ranges:
+        assert not (low <= 4 and high >= 29), ranges
+    for (low_a, high_a), (low_b, high_b) in itertools.combinations(ranges, 2):
+        assert high_a < low_b or high_b < low_a, ranges
+    assert sorted(text for batch in embedder.batches[1:] for text in batch) == sorted(texts)
+
+
+async def test_the_oldest_text_is_served_first(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    embedder.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.embed, ["warm up"])
+        await embedder.started.wait()
+        long_text = words(90, "long")
+        nursery.start_soon(service.embed, [long_text])
+        await trio.sleep(0.01)
+        for i in range(6):
+            nursery.start_soon(service.embed, [words(3, f"short{i}_")])
+        await trio.sleep(0.2)
+        embedder.gate.set()
+    assert embedder.batches[1] == [long_text]
+
+
+async def test_texts_arriving_during_a_pass_join_the_next_plan(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    embedder.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.embed, ["warm up"])
+        await embedder.started.wait()
+        first = [words(3, f"a{i}_") for i in range(3)] + [words(80, "longest")]
+        for text in first:
+            nursery.start_soon(service.embed, [text])
+        await trio.sleep(0.2)
+        embedder.gate.set()
+        await trio.sleep(0.001)  # the three short texts are in a forward pass now
+        late = [words(80, f"late{i}_") for i in range(2)]  # 3 x 82 tokens fit the 256 budget
+        for text in late:
+            nursery.start_soon(service.embed, [text])
+    # The late long texts were planned with the waiting long one, not left for a later round.
+    assert any(set(late) | {words(80, "longest")} <= set(batch) for batch in embedder.batches), (
+        embedder.batches
+    )
 
 
 async def test_oversize_single_text_is_served(

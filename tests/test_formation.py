@@ -76,3 +76,14 @@ def test_cheaper_than_arrival_order_batching() -> None:
 
 def test_empty_window() -> None:
     assert plan_batches([], COST, max_tokens=100, max_size=4) == []
+
+
+def test_token_budget_fits_the_device() -> None:
+    from trio_infer.calibration import choose_token_budget
+
+    cpu = choose_token_budget(CostModel(fixed=0.005, per_token=0.00012), max_batch_size=32, max_tokens=256)
+    assert 1000 < cpu < 1500  # 97% of the asymptotic rate: 32.3 x fixed / per_token
+    gpu = choose_token_budget(CostModel(fixed=0.004, per_token=0.0000005), max_batch_size=32, max_tokens=256)
+    assert gpu == 32 * 256  # the size cap binds on a fast device
+    tiny = choose_token_budget(CostModel(fixed=0.00001, per_token=0.001), max_batch_size=32, max_tokens=256)
+    assert tiny == 256  # one full-length text always fits

@@ -5,9 +5,10 @@ Collector tasks take them out, form batches and run the model; each caller waits
 
 Dispatch is work-conserving: when the model is idle, a collector runs whatever is queued at once (a
 lone request never waits for batch-mates). While the model is busy, another collector keeps pulling
-requests into its next batch for up to `batch_timeout`, and when the model frees up it also takes what
-queued since, so batches grow exactly when waiting costs nothing. A round is cut into forward passes
-by `formation.plan_batches` (length-sorted, cost-model cuts, size and padded-token limits).
+requests into the shared pool for up to `batch_timeout`, and before every forward pass the model's
+holder also takes what queued since, so batches grow exactly when waiting costs nothing. Each pass is
+planned over everything waiting by `formation.plan_batches` (length-sorted, cost-model cuts, size and
+padded-token limits); the planned batch holding the oldest text runs next.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class BatchLimits:
     batch_timeout: float = 0.01
     num_workers: int = 2
     max_queue_size: int = 4096
-    # A collector's round takes at most this many texts (sorting a wider window pads less).
+    # Most texts pulled out of the queue and planned together (sorting a wider window pads less).
     window_factor: int = 4
 
     @property
@@ -59,6 +60,19 @@ class _ServiceRate:
         return self._texts / self._seconds if self._seconds > 0 else None
 
 
+class _Average:
+    """An exponentially weighted mean (0 until the first sample)."""
+
+    def __init__(self, weight: float = 0.1) -> None:
+        self._weight = weight
+        self.value = 0.0
+        self._seen = False
+
+    def record(self, sample: float) -> None:
+        self.value = sample if not self._seen else self.value + self._weight * (sample - self.value)
+        self._seen = True
+
+
 class Batcher:
     """Owns the queue and the collectors. Create it, `await nursery.start(batcher.run)`, then `submit`.
 
@@ -78,10 +92,14 @@ class Batcher:
         # One round on the model at a time; its holder is the model's only user.
         self._model_slot = trio.CapacityLimiter(1)
         self._idle_waiters: set[trio.CancelScope] = set()
+        # Jobs taken out of the channel and not yet in a forward pass, shared by the collectors.
+        # Only ever mutated in place, never rebound: a collector may hold it across an await.
+        self._pool: list[Job] = []
         self._queued: set[Job] = set()
         self._inflight = 0
         self._forward_started: float | None = None
         self._rate = _ServiceRate()
+        self._gap = _Average()
         self.running = False
         self._send_closed = False
         metrics.max_batch_tokens.set(limits.max_batch_tokens)
@@ -190,25 +208,25 @@ class Batcher:
         task_status.started()
         while True:
             try:
-                first = await self._receive.receive()
+                job = await self._receive.receive()
             except trio.EndOfChannel:
                 return
-            window = [first]
-            await self._gather(window)
+            self._pool.append(job)
+            await self._gather()
             async with self._model_slot:
-                self._take_queued(window)
-                await self._run_round(window)
+                await self._drain_pool()
                 for scope in self._idle_waiters:
                     scope.cancel()  # the model is about to be free: gatherers stop waiting
 
-    async def _gather(self, window: list[Job]) -> None:
-        """While the model is busy, pull more jobs into `window` for up to `batch_timeout`."""
+    async def _gather(self) -> None:
+        """While the model is busy, pull more jobs into the pool for up to `batch_timeout`."""
         with trio.move_on_after(self.limits.batch_timeout):
-            while len(window) < self.limits.window and self._model_slot.borrowed_tokens:
+            while len(self._pool) < self.limits.window and self._model_slot.borrowed_tokens:
                 with trio.CancelScope() as wake:
                     self._idle_waiters.add(wake)
                     try:
-                        window.append(await self._receive.receive())
+                        job = await self._receive.receive()
+                        self._pool.append(job)
                     except trio.EndOfChannel:
                         return
                     finally:
@@ -216,42 +234,69 @@ class Batcher:
                 if wake.cancelled_caught:
                     return
 
-    def _take_queued(self, window: list[Job]) -> None:
-        """Add what is queued right now, up to the window, dropping jobs nobody waits for."""
+    async def _drain_pool(self) -> None:
+        """Run forward passes until nothing is left, refilling the pool from the queue before each.
+
+        Texts that arrive while a pass runs join the next plan at once instead of waiting for a
+        whole round to end, so each plan sees (and length-sorts) everything waiting. Each pass is the
+        planned batch that holds the oldest text: passes are grouped by length, served in arrival order,
+        and no text waits behind an endless stream of shorter ones.
+        """
+        previous_end: float | None = None
+        while True:
+            self._take_queued()
+            if not self._pool:
+                return
+            fresh = [job for job in self._pool if job.tokens is None]
+            if fresh:
+                await self._tokenize(fresh)
+            now = trio.current_time()
+            self._pool[:] = [job for job in self._pool if self._keep(job, now)]
+            ready = [job for job in self._pool if job.tokens is not None]
+            if not ready:  # tokenization failed them, or only newcomers arrived meanwhile
+                continue
+            batch = self._next_batch(ready)
+            taken = set(batch)
+            self._pool[:] = [job for job in self._pool if job not in taken]
+            start = trio.current_time()
+            if previous_end is not None:
+                self._gap.record(start - previous_end)
+            await self._forward(batch)
+            previous_end = trio.current_time()
+
+    def _next_batch(self, ready: list[Job]) -> list[Job]:
+        plan = plan_batches(
+            [job.n_tokens for job in ready],
+            self.cost,
+            self.limits.max_batch_tokens,
+            self.limits.max_batch_size,
+        )
+        oldest = min(range(len(ready)), key=lambda i: ready[i].admitted_at)
+        indices = next(indices for indices in plan if oldest in indices)
+        return [ready[i] for i in indices]
+
+    def _take_queued(self) -> None:
+        """Add what is queued right now to the pool, up to the window, dropping jobs nobody waits for."""
         now = trio.current_time()
-        live = [job for job in window if self._keep(job, now)]
-        window[:] = live
-        while len(window) < self.limits.window:
+        self._pool[:] = [job for job in self._pool if self._keep(job, now)]
+        while len(self._pool) < self.limits.window:
             try:
                 job = self._receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
             if self._keep(job, now):
-                window.append(job)
+                self._pool.append(job)
 
     def _keep(self, job: Job, now: float) -> bool:
         """Whether to compute `job`; a job whose caller left or whose deadline passed is skipped."""
         if job.live(now):
             return True
-        if not job.done.is_set():
+        if not job.done.is_set() and not job.dropped:
+            job.dropped = True
             self.metrics.skipped.inc()
             self._queued.discard(job)
             self._update_queue_gauge()
         return False
-
-    async def _run_round(self, window: list[Job]) -> None:
-        if not window:
-            return
-        await self._tokenize(window)
-        tokenized = [job for job in window if job.tokens is not None]
-        lengths = [job.n_tokens for job in tokenized]
-        for indices in plan_batches(
-            lengths, self.cost, self.limits.max_batch_tokens, self.limits.max_batch_size
-        ):
-            now = trio.current_time()
-            batch = [tokenized[i] for i in indices if self._keep(tokenized[i], now)]
-            if batch:
-                await self._forward(batch)
 
     async def _tokenize(self, jobs: list[Job]) -> None:
         try:

@@ -31,6 +31,7 @@ class Job:
     vector: Vector | None = None
     error: BaseException | None = None
     abandoned: bool = False
+    dropped: bool = False  # skipped by the batcher (caller gone or deadline passed); counted once
     done: trio.Event = field(default_factory=trio.Event)
 
     @property
