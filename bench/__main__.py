@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -37,12 +38,29 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--port", type=int, default=0, help="trio-infer port (bare app: port+1); default: free ports"
     )
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for GET /ready")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        help="before each measurement wait up to this many seconds for the machine to go idle "
+        "(default 60; --quick 0)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        help="measure a run again (up to this many times) when other processes used the CPU during it "
+        "(default 2; --quick 0)",
+    )
     p.add_argument("--output", type=Path, help="markdown file to update (default BENCHMARKS.md)")
     return p.parse_args(argv)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds, so the server subprocesses get stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     load = report.loadavg()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quick = args.quick
@@ -55,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         clients=(1, 32),
         port=args.port,
         ready_timeout=args.ready_timeout,
+        retries=args.retries if args.retries is not None else (0 if quick else 2),
+        wait_quiet=args.wait_quiet if args.wait_quiet is not None else (0.0 if quick else 60.0),
     )
     output = args.output or (RESULTS_DIR / "BENCHMARKS.quick.md" if quick else REPO_ROOT / "BENCHMARKS.md")
     texts = corpus.make_corpus()
@@ -78,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             short = lines[0] + (f" ... {lines[-1]}" if len(lines) > 1 else "")
             problems.append(f"{name} part: {short[:300]}")
 
-    failures = [f"{r.name}: {r.verdict}" for s in sections for r in s.rows if r.failed] + problems
+    failures = [f"{r.name}: {r.verdict}" for s in sections for r in s.rows if r.failed]
+    failures += [f for s in sections for f in s.failures] + problems
     settings_text = (
         f"closed loop {settings.warmup:.0f} s warm-up + {settings.duration:.0f} s per run; "
         f"wrk {settings.wrk_duration} s; in-process >= {settings.inprocess_seconds:.0f} s per ceiling"

@@ -16,6 +16,7 @@ import orjson
 import trio
 
 EMBEDDING_DIM = 384
+REQUEST_TIMEOUT = 15.0  # a request unanswered this long counts as an error (the connection is dropped)
 _VALIDATE_EVERY = 50  # fully parse one response in this many (orjson + length check)
 
 
@@ -149,6 +150,7 @@ async def run_load(
     duration: float,
     warmup: float,
     name: str = "",
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> LoadResult:
     """Closed loop with ``clients`` connections for ``warmup`` + ``duration`` seconds.
 
@@ -168,13 +170,19 @@ async def run_load(
             raw = requests[next_index % len(requests)]
             next_index += 1
             t0 = time.perf_counter()
-            try:
-                if conn is None:
-                    conn = await _connect(host, port)
-                status, body, keep_alive = await conn.request(raw)
-            except (OSError, trio.BrokenResourceError, ProtocolError) as exc:
+            failure = None
+            with trio.move_on_after(request_timeout) as scope:
+                try:
+                    if conn is None:
+                        conn = await _connect(host, port)
+                    status, body, keep_alive = await conn.request(raw)
+                except (OSError, trio.BrokenResourceError, ProtocolError) as exc:
+                    failure = f"{type(exc).__name__}: {exc}"[:80]
+            if scope.cancelled_caught:
+                failure = f"no response within {request_timeout:.0f} s"
+            if failure is not None:
                 if t0 >= t_start:
-                    result.errors[f"{type(exc).__name__}: {exc}"[:80]] += 1
+                    result.errors[failure] += 1
                 if conn is not None:
                     await conn.stream.aclose()
                 conn = None
@@ -194,7 +202,7 @@ async def run_load(
                     result.latencies.append(t1 - t0)
                 else:
                     result.errors[problem] += 1
-            if not keep_alive:
+            if not keep_alive and conn is not None:
                 await conn.stream.aclose()
                 conn = None
 

@@ -30,8 +30,10 @@ def process_tree_self() -> float:
     return total
 
 
-def pid_seconds(pid: int) -> float:
+def pid_seconds(pid: int | None) -> float:
     """CPU seconds of a running process (utime + stime + reaped children) from /proc."""
+    if pid is None:
+        return 0.0
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -43,7 +45,7 @@ def pid_seconds(pid: int) -> float:
 class Span:
     """CPU use over an interval: the server, this benchmark (and its children), and everything else."""
 
-    server_pid: int
+    server_pid: int | None  # None: no server (in-process runs)
     t0: float = 0.0
     busy0: float = 0.0
     self0: float = 0.0
@@ -65,9 +67,31 @@ class Span:
         self.bench = process_tree_self() - self.self0
         self.other = max(0.0, busy - self.server - self.bench)
 
+    @property
+    def other_cores(self) -> float:
+        return self.other / (self.seconds or 1.0)
+
     def describe(self) -> str:
         s = self.seconds or 1.0
+        if self.server_pid is None:
+            return f"CPU (cores): this process {self.bench / s:.2f}, other processes {self.other_cores:.2f}"
         return (
             f"CPU (cores): server {self.server / s:.2f}, load generator {self.bench / s:.2f}, "
-            f"other processes {self.other / s:.2f}"
+            f"other processes {self.other_cores:.2f}"
         )
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.15, window: float = 2.0, needed: int = 2) -> float:
+    """Wait (up to ``max_wait`` s) until all processes together use under ``threshold`` cores for
+    ``needed`` consecutive ``window``-second samples; return the last sample (cores busy)."""
+    deadline = time.monotonic() + max_wait
+    quiet = 0
+    busy = 0.0
+    while max_wait > 0:
+        b0 = system_busy()
+        time.sleep(window)
+        busy = (system_busy() - b0) / window
+        quiet = quiet + 1 if busy < threshold else 0
+        if quiet >= needed or time.monotonic() >= deadline:
+            break
+    return busy

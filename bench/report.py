@@ -69,6 +69,8 @@ class Section:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # the benchmark could not measure something
+    warnings: list[str] = field(default_factory=list)  # e.g. other processes busy during a run
+    failures: list[str] = field(default_factory=list)  # failed checks outside the table (exit status)
 
 
 def _ms(v: float | None) -> str:
@@ -166,6 +168,9 @@ def render_run(sections: list[Section], settings: str, corpus: str, failures: li
         out += ["**Targets missed:**", "", *[f"- {f}" for f in failures], ""]
     else:
         out += ["All targets met.", ""]
+    warnings = [w for s in sections for w in s.warnings]
+    if warnings:
+        out += ["**Warnings (figures may be skewed):**", "", *[f"- {w}" for w in warnings], ""]
     return "\n".join(out).rstrip() + "\n"
 
 
