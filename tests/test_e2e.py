@@ -95,7 +95,7 @@ async def test_sigterm_drains_every_request_in_flight() -> None:
             statuses.append(response.status)
 
         async with trio.open_nursery() as nursery:
-            for index in range(40):
+            for index in range(60):
                 nursery.start_soon(one, index)
             # Wait until the server holds at least 30 of them (queued or running), then SIGTERM.
             with trio.fail_after(60):
@@ -109,7 +109,7 @@ async def test_sigterm_drains_every_request_in_flight() -> None:
             await trio.sleep(0.2)
             assert (await get_ready_status(proc)) in (503, None), proc.log()[-3000:]
         code = await trio.to_thread.run_sync(proc.proc.wait, 120)
-        assert statuses == [200] * 40
+        assert statuses == [200] * 60
         assert code == 0, proc.log()
         assert "SIGTERM received" in proc.log()
     finally:

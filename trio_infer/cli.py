@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import load_settings
-from .logs import configure_logging
+from .logs import configure_logging, exit_now
 
 log = logging.getLogger("trio_infer")
 
@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.critical(
             "fatal: %s; exiting so the orchestrator restarts the process", _describe(error), exc_info=error
         )
-        sys.exit(1)
+        exit_now(1)
+    exit_now(0)
 
 
 def _describe(error: BaseException) -> str:

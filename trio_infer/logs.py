@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -101,3 +102,13 @@ def configure_logging(level: str, fmt: str, *, buffered: bool = False) -> None:
     # Third-party chatter below warnings is noise in a server log.
     for name in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers", "transformers"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flush the logs and leave without interpreter finalisation. For a server whose drain is done:
+    tearing down torch's thread pools under idle worker threads at exit can abort the process
+    ("terminate called without an active exception", exit status -6) after a clean shutdown."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

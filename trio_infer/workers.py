@@ -54,7 +54,7 @@ from pathlib import Path
 from types import FrameType
 
 from .config import Settings
-from .logs import configure_logging
+from .logs import configure_logging, exit_now
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,8 @@ def _worker_main(settings: Settings, supervisor_pid: int) -> None:
         if stopping:
             sys.exit(0)
         log.critical("worker pid %d failed: %r", os.getpid(), error, exc_info=error)
-        sys.exit(1)
+        exit_now(1)
+    exit_now(0)
 
 
 def _die_with(supervisor_pid: int) -> None:
