@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
 import trio
@@ -53,40 +51,23 @@ class ThreadedEmbedder:
     The limiter admits one call at a time (the model and its tokenizer are not thread-safe) and is not
     trio's default limiter, which quart and hypercorn share. A call is not abandoned on cancellation
     (`abandon_on_cancel=False`): a forward pass cannot be stopped, and its results are still delivered
-    to the callers who stayed. Inference threads run at a lower OS priority so the event loop, which
-    answers probes and parses requests, wins the CPU when both want it.
+    to the callers who stayed.
+
+    Inference threads keep the process's OS priority. Lowering it (tried: nice 5) protected the event
+    loop a little but let any other busy process on the host starve inference: one busy loop beside the
+    server cut its rate from 51 to 4 requests/s.
     """
 
-    def __init__(self, model: Model, *, nice: int = 5) -> None:
+    def __init__(self, model: Model) -> None:
         self.model = model
         self.name = model.name
         self.device = model.device
         self.dimension = model.dimension
         self.max_tokens = model.max_tokens
         self._limiter = trio.CapacityLimiter(1)
-        self._nice = nice
-        self._niced: set[int] = set()
 
     async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return await trio.to_thread.run_sync(
-            self._in_thread, self.model.tokenize, texts, limiter=self._limiter
-        )
+        return await trio.to_thread.run_sync(self.model.tokenize, texts, limiter=self._limiter)
 
     async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
-        return await trio.to_thread.run_sync(
-            self._in_thread, self.model.embed, texts, token_ids, limiter=self._limiter
-        )
-
-    def _in_thread(self, fn: Callable[..., R], *args: object) -> R:
-        self._lower_priority()
-        return fn(*args)
-
-    def _lower_priority(self) -> None:
-        # Threads spawned from here (torch's intra-op pool) inherit the niceness.
-        tid = threading.get_native_id()
-        if self._nice and tid not in self._niced:
-            self._niced.add(tid)
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, self._nice)
-            except (AttributeError, OSError) as error:  # not Linux, or not permitted
-                log.debug("could not lower inference thread priority: %s", error)
+        return await trio.to_thread.run_sync(self.model.embed, texts, token_ids, limiter=self._limiter)
