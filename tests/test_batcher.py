@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
@@ -28,6 +29,20 @@ async def service(embedder: FakeEmbedder, nursery: trio.Nursery) -> AsyncIterato
     service.lifecycle.mark_ready()
     yield service
     service.batcher.close()
+
+
+@asynccontextmanager
+async def model_busy(
+    service: EmbeddingService, embedder: FakeEmbedder, first: str = "warm up"
+) -> AsyncIterator[trio.Nursery]:
+    """A nursery in which `first` holds the model busy: what is submitted inside queues behind it. The
+    model is released when the block ends (or earlier by `embedder.gate.set()`)."""
+    embedder.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.embed, [first])
+        await embedder.started.wait()
+        yield nursery
+        embedder.gate.set()
 
 
 def words(count: int, tag: str = "w") -> str:
@@ -70,10 +85,7 @@ async def test_lone_request_on_idle_model_does_not_wait(
 async def test_batches_grow_while_the_model_is_busy(
     service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
 ) -> None:
-    embedder.gate = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.embed, ["first"])
-        await embedder.started.wait()
+    async with model_busy(service, embedder, first="first") as nursery:
         texts = [words(5, f"t{i}_") for i in range(6)]
         for text in texts:
             nursery.start_soon(service.embed, [text])
@@ -115,10 +127,7 @@ async def test_batch_timeout_never_delays_dispatch_past_a_free_model(
 async def test_size_cap_and_token_budget(
     service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
 ) -> None:
-    embedder.gate = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.embed, ["warm up"])
-        await embedder.started.wait()
+    async with model_busy(service, embedder) as nursery:
         texts = [words(n, f"s{i}_") for i, n in enumerate([3, 40, 5, 70, 4, 6, 3, 50, 8] * 3)]
         nursery.start_soon(embed_all, service, texts)
         await trio.sleep(0.2)
@@ -133,10 +142,7 @@ async def test_size_cap_and_token_budget(
 async def test_batches_group_texts_of_similar_length(
     service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
 ) -> None:
-    embedder.gate = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.embed, ["warm up"])
-        await embedder.started.wait()
+    async with model_busy(service, embedder) as nursery:
         texts = [words(n, f"o{i}_") for i, n in enumerate([60, 2, 30, 3, 61, 2, 29, 4])]
         nursery.start_soon(embed_all, service, texts)
         await trio.sleep(0.2)
@@ -156,10 +162,7 @@ async def test_batches_group_texts_of_similar_length(
 async def test_the_oldest_text_is_served_first(
     service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
 ) -> None:
-    embedder.gate = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.embed, ["warm up"])
-        await embedder.started.wait()
+    async with model_busy(service, embedder) as nursery:
         long_text = words(90, "long")
         nursery.start_soon(service.embed, [long_text])
         await trio.sleep(0.01)
@@ -173,10 +176,7 @@ async def test_the_oldest_text_is_served_first(
 async def test_texts_arriving_during_a_pass_join_the_next_plan(
     service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
 ) -> None:
-    embedder.gate = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.embed, ["warm up"])
-        await embedder.started.wait()
+    async with model_busy(service, embedder) as nursery:
         first = [words(3, f"a{i}_") for i in range(3)] + [words(80, "longest")]
         for text in first:
             nursery.start_soon(service.embed, [text])
@@ -213,10 +213,7 @@ async def test_each_caller_gets_its_own_result(
 async def test_failing_batch_fails_only_the_poison_input(
     service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
 ) -> None:
-    embedder.gate = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.embed, ["warm up"])
-        await embedder.started.wait()
+    async with model_busy(service, embedder) as nursery:
         texts = ["POISON", "good one", "good two", "good three"]
         results: dict[str, object] = {}
 
@@ -239,10 +236,7 @@ async def test_failing_batch_fails_only_the_poison_input(
 async def test_cancelled_waiting_caller_is_never_computed(
     service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
 ) -> None:
-    embedder.gate = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.embed, ["busy"])
-        await embedder.started.wait()
+    async with model_busy(service, embedder, first="busy") as nursery:
         with trio.move_on_after(0.1):  # the client goes away while queued
             await service.embed(["gone"])
         nursery.start_soon(service.embed, ["stays"])
@@ -258,10 +252,7 @@ async def test_cancelled_waiting_caller_is_never_computed(
 async def test_request_timeout_gives_504_and_no_compute(
     service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
 ) -> None:
-    embedder.gate = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.embed, ["busy"])
-        await embedder.started.wait()
+    async with model_busy(service, embedder, first="busy"):
         start = trio.current_time()
         with pytest.raises(RequestTimeout):
             await service.embed(["late"], time_limit=0.5)
@@ -326,10 +317,7 @@ async def test_close_serves_queued_jobs_then_refuses(
 async def test_list_request_items_join_other_requests_batches(
     service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
 ) -> None:
-    embedder.gate = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.embed, ["busy"])
-        await embedder.started.wait()
+    async with model_busy(service, embedder, first="busy") as nursery:
         nursery.start_soon(service.embed, ["list one", "list two"])
         nursery.start_soon(service.embed, ["single"])
         await trio.sleep(0.1)

@@ -84,31 +84,42 @@ async def test_health_reports_the_model(server: ServerProcess) -> None:
     assert body["max_batch_tokens"] > 0
 
 
+async def sigterm_while_held(
+    proc: ServerProcess, text: str, *, count: int, held: int
+) -> tuple[list[int], int | None, int]:
+    """Send `count` concurrent requests for `text`, SIGTERM once the server holds `held` of them, and
+    return their statuses, /ready's status 0.2 s into the drain (None once the listener is closed) and
+    the exit code."""
+    statuses: list[int] = []
+    ready_status: int | None = None
+
+    async def one(index: int) -> None:
+        response = await post_json(proc.port, "/embed", {"input_text": f"{index} {text}"}, limit=120)
+        statuses.append(response.status)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(count):
+            nursery.start_soon(one, index)
+        with trio.fail_after(60):
+            while (await get(proc.port, "/health")).json()["queue_size"] < held:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        await trio.sleep(0.2)
+        try:
+            ready_status = (await get(proc.port, "/ready", limit=5)).status
+        except OSError:
+            ready_status = None
+    code = await trio.to_thread.run_sync(proc.proc.wait, 120)
+    return statuses, ready_status, code
+
+
 async def test_sigterm_drains_every_request_in_flight() -> None:
-    long_text = "graceful shutdown must answer every request already received " * 14
     proc = ServerProcess(env={"MODEL_NAME": ""}).start(timeout=240)
     try:
-        statuses: list[int] = []
-
-        async def one(index: int) -> None:
-            response = await post_json(proc.port, "/embed", {"input_text": f"{index} {long_text}"}, limit=120)
-            statuses.append(response.status)
-
-        async with trio.open_nursery() as nursery:
-            for index in range(60):
-                nursery.start_soon(one, index)
-            # Wait until the server holds at least 30 of them (queued or running), then SIGTERM.
-            with trio.fail_after(60):
-                while True:
-                    health = (await get(proc.port, "/health")).json()
-                    if health["queue_size"] >= 30:
-                        break
-                    await trio.sleep(0.01)
-            assert proc.proc is not None
-            proc.proc.send_signal(signal.SIGTERM)
-            await trio.sleep(0.2)
-            assert (await get_ready_status(proc)) in (503, None), proc.log()[-3000:]
-        code = await trio.to_thread.run_sync(proc.proc.wait, 120)
+        text = "graceful shutdown must answer every request already received " * 14
+        statuses, ready_status, code = await sigterm_while_held(proc, text, count=60, held=30)
+        assert ready_status in (503, None)  # not ready from the first moment of the drain
         assert statuses == [200] * 60
         assert code == 0, proc.log()
         assert "SIGTERM received" in proc.log()
@@ -116,33 +127,11 @@ async def test_sigterm_drains_every_request_in_flight() -> None:
         proc.stop()
 
 
-async def get_ready_status(proc: ServerProcess) -> int | None:
-    """/ready's status during the drain, or None once the listener is closed."""
-    try:
-        return (await get(proc.port, "/ready", limit=5)).status
-    except OSError:
-        return None
-
-
 async def test_graceful_timeout_answers_leftovers_with_503_not_resets() -> None:
-    long_text = "requests still queued when the drain time is up get an honest 503 " * 14
     proc = ServerProcess(args=["--graceful-timeout", "1"], env={"MODEL_NAME": ""}).start(timeout=240)
     try:
-        statuses: list[int] = []
-
-        async def one(index: int) -> None:
-            response = await post_json(proc.port, "/embed", {"input_text": f"{index} {long_text}"}, limit=60)
-            statuses.append(response.status)
-
-        async with trio.open_nursery() as nursery:
-            for index in range(60):
-                nursery.start_soon(one, index)
-            with trio.fail_after(60):
-                while (await get(proc.port, "/health")).json()["queue_size"] < 40:  # noqa: ASYNC110
-                    await trio.sleep(0.01)
-            assert proc.proc is not None
-            proc.proc.send_signal(signal.SIGTERM)
-        code = await trio.to_thread.run_sync(proc.proc.wait, 60)
+        text = "requests still queued when the drain time is up get an honest 503 " * 14
+        statuses, _, code = await sigterm_while_held(proc, text, count=60, held=40)
         assert len(statuses) == 60  # every request got an HTTP answer: no reset connections
         assert set(statuses) <= {200, 503}
         assert 503 in statuses and 200 in statuses
