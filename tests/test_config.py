@@ -76,7 +76,7 @@ def test_help_documents_every_flag_and_its_variable() -> None:
         assert flag in help_text and f"env {var}" in help_text
     for var in ("MODEL_NAME", "HF_TOKEN", "DEVICE"):
         assert var in help_text
-    fields = set(Settings.__dataclass_fields__) - {"model_name", "hf_token", "device", "max_text_chars"}
+    fields = set(Settings.__dataclass_fields__) - {"model_name", "hf_token", "device"}
     for name in fields:
         assert "--" + name.replace("_", "-") in help_text, name
 

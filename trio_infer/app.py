@@ -157,11 +157,4 @@ def ready_body(service: EmbeddingService) -> tuple[dict[str, Any], int]:
     return {"status": "not ready"}, 503
 
 
-def current_service() -> EmbeddingService:
-    from quart import current_app
-
-    service: EmbeddingService = current_app.extensions["embedding_service"]
-    return service
-
-
-__all__ = ["create_app", "current_service", "health_body", "ready_body"]
+__all__ = ["create_app", "health_body", "ready_body"]

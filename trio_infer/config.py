@@ -32,7 +32,6 @@ class Settings:
     model_name: str | None = None  # None: the bundled all-MiniLM-L6-v2
     hf_token: str | None = None
     device: str | None = None  # None: cuda if available, else cpu
-    max_text_chars: int = 1024
 
     @property
     def model_label(self) -> str:
