@@ -42,6 +42,7 @@ lint: install
 	$(PY) -m ruff check trio_infer tests bench
 	$(PY) -m ruff format --check trio_infer tests bench
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 bench: install
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \

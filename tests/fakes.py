@@ -8,13 +8,13 @@ from collections.abc import Sequence
 import numpy as np
 import trio
 
-from trio_infer.batching import Batcher, BatchLimits
 from trio_infer.config import Settings
-from trio_infer.formation import CostModel
-from trio_infer.jobs import Vector
-from trio_infer.lifecycle import Lifecycle
-from trio_infer.metrics import Metrics
-from trio_infer.service import EmbeddingService
+from trio_infer.core.batching import Batcher, BatchLimits
+from trio_infer.core.formation import CostModel
+from trio_infer.core.jobs import Vector
+from trio_infer.core.lifecycle import Lifecycle
+from trio_infer.core.metrics import Metrics
+from trio_infer.core.service import EmbeddingService
 
 FAKE_COST = CostModel(fixed=0.010, per_token=0.0005)
 

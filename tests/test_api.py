@@ -11,9 +11,9 @@ import trio
 from quart.typing import TestClientProtocol as Client
 
 from tests.fakes import FakeEmbedder, make_service, text_vector
-from trio_infer.app import create_app
 from trio_infer.config import Settings
-from trio_infer.service import EmbeddingService
+from trio_infer.core.service import EmbeddingService
+from trio_infer.http.app import create_app
 
 SETTINGS = Settings(request_timeout=5.0, graceful_timeout=2.0, max_body_size=64 * 1024)
 

@@ -12,9 +12,9 @@ import trio
 import trio.testing
 
 from tests.fakes import FAKE_COST, FakeEmbedder, make_service, text_vector
-from trio_infer.errors import Draining, InferenceFailed, Overloaded, RequestTimeout
-from trio_infer.jobs import Job
-from trio_infer.service import EmbeddingService
+from trio_infer.core.errors import Draining, InferenceFailed, Overloaded, RequestTimeout
+from trio_infer.core.jobs import Job
+from trio_infer.core.service import EmbeddingService
 
 
 @pytest.fixture

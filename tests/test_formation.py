@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from trio_infer.formation import CostModel, plan_batches
+from trio_infer.core.formation import CostModel, plan_batches
 
 COST = CostModel(fixed=0.017, per_token=0.00035)
 
@@ -79,7 +79,7 @@ def test_empty_window() -> None:
 
 
 def test_token_budget_fits_the_device() -> None:
-    from trio_infer.calibration import choose_token_budget
+    from trio_infer.models.calibration import choose_token_budget
 
     cpu = choose_token_budget(CostModel(fixed=0.005, per_token=0.00012), max_batch_size=32, max_tokens=256)
     assert 1000 < cpu < 1500  # 97% of the asymptotic rate: 32.3 x fixed / per_token

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from tests.serverproc import Response, ServerProcess, build_request, get, read_response, request
-from trio_infer.schemas import NOT_BLANK_PATTERN
+from trio_infer.http.schemas import NOT_BLANK_PATTERN
 
 pytestmark = pytest.mark.e2e
 

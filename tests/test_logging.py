@@ -20,7 +20,7 @@ async def test_json_log_line_per_request_with_request_id() -> None:
         assert proc.stop() == 0
     entries = [orjson.loads(line) for line in proc.log().splitlines() if line.startswith("{")]
     assert entries, proc.log()
-    access = [entry for entry in entries if entry["logger"] == "trio_infer.access"]
+    access = [entry for entry in entries if entry["logger"] == "trio_infer.http.access"]
     by_id = {entry["request_id"]: entry for entry in access}
     assert by_id["req-42"]["status"] == 200 and by_id["req-42"]["message"].startswith("POST /embed 200")
     assert by_id[generated_id]["status"] == 422

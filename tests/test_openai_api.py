@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from tests.serverproc import ServerProcess
-from trio_infer.openai_schemas import EmbeddingsRequest
+from trio_infer.http.openai_schemas import EmbeddingsRequest
 
 FULL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 SHORT_NAME = "all-MiniLM-L6-v2"
@@ -528,7 +528,7 @@ def test_openapi_documents_v1(http: httpx.Client) -> None:
 def test_token_id_detection(value: Any, is_token_ids: bool) -> None:
     from pydantic import ValidationError
 
-    from trio_infer.errors import BadRequest
+    from trio_infer.core.errors import BadRequest
 
     body = {"model": SHORT_NAME, "input": value}
     if is_token_ids:

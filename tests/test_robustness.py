@@ -32,7 +32,7 @@ from tests.serverproc import (
     post_json,
     read_response,
 )
-from trio_infer.debug_embedder import DebugEmbedder
+from trio_infer.models.debug import DebugEmbedder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

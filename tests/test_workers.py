@@ -65,7 +65,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, server: S
         if condition():
             return
         time.sleep(0.1)
-    lines = [line for line in server.log().splitlines() if "trio_infer.access" not in line]
+    lines = [line for line in server.log().splitlines() if "trio_infer.http.access" not in line]
     raise AssertionError(
         f"timed out waiting for {what}; log without access lines:\n" + "\n".join(lines[-60:])
     )
@@ -261,7 +261,7 @@ def test_crash_loop_gives_up_and_cleans_up(tmp_path: Path) -> None:
 def test_supervisor_does_not_import_prometheus_client() -> None:
     """PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is imported anywhere."""
     code = (
-        "import sys, trio_infer.cli, trio_infer.workers; "
+        "import sys, trio_infer.cli, trio_infer.runtime.workers; "
         "assert 'prometheus_client' not in sys.modules, 'imported too early'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

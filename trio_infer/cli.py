@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import load_settings
-from .logs import configure_logging, exit_now
+from .runtime.logs import configure_logging, exit_now
 
 log = logging.getLogger("trio_infer")
 
@@ -17,12 +17,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The supervisor of several workers logs rarely and runs no flushing task: write through.
     configure_logging(settings.log_level, settings.log_format, buffered=settings.workers == 1)
     if settings.workers > 1:
-        from .workers import run_workers
+        from .runtime.workers import run_workers
 
         sys.exit(run_workers(settings))
     import trio
 
-    from .serve import main as serve_main
+    from .runtime.serve import main as serve_main
 
     try:
         trio.run(serve_main, settings)

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
+from ..core.formation import CostModel
 from .embedder import Model
-from .formation import CostModel
 
 log = logging.getLogger(__name__)
 

@@ -7,20 +7,20 @@ runs nothing in `app.nursery` (the batcher's lifetime belongs to `serve.main`).
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from quart import Response, g, request
 from quart_schema import Info, QuartSchema, document_request, document_response, hide
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import access, errors
+from ..core import errors
+from ..core.service import EmbeddingService
+from . import access
 from .embed_endpoint import EmbedEndpoint
 from .openapi_provider import RequiredBodyOpenAPIProvider
-from .probes import ProbeMiddleware
+from .probes import ProbeMiddleware, health_body, ready_body
 from .responses import error_response, json_response
 from .schemas import EmbedRequest, EmbedResponse, ErrorResponse, HealthResponse, ReadyResponse
-from .service import EmbeddingService
 from .throttle import WORK_LIMIT, WorkLimitMiddleware
 
 _HTTP_ERRORS: dict[int, type[errors.ServiceError]] = {
@@ -146,15 +146,4 @@ def create_app(service: EmbeddingService) -> QuartTrio:
     return app
 
 
-def health_body(service: EmbeddingService) -> tuple[dict[str, Any], int]:
-    body = service.health()
-    return body, 200 if body["status"] == "healthy" else 503
-
-
-def ready_body(service: EmbeddingService) -> tuple[dict[str, Any], int]:
-    if service.ready():
-        return {"status": "ready"}, 200
-    return {"status": "not ready"}, 503
-
-
-__all__ = ["create_app", "health_body", "ready_body"]
+__all__ = ["create_app"]

@@ -53,7 +53,7 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
 
-from .config import Settings
+from ..config import Settings
 from .logs import configure_logging, exit_now
 
 log = logging.getLogger(__name__)

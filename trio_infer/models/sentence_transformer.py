@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import DEFAULT_MODEL_LABEL, Settings
-from .jobs import Vector
+from ..config import DEFAULT_MODEL_LABEL, Settings
+from ..core.jobs import Vector
 
 log = logging.getLogger(__name__)
 

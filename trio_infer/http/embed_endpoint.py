@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import trio
 
-from . import access, errors
+from ..core import errors
+from ..core.jobs import Job
+from . import access
 from .bodies import check_content_type, parse_model
-from .jobs import Job
 from .responses import error_body, error_headers
 from .schemas import EmbedRequest
+from .throttle import release_work_slot
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
         Scope,
     )
 
-    from .service import EmbeddingService
+    from ..core.service import EmbeddingService
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +119,11 @@ class EmbedEndpoint:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
             try:
-                outcome = await self.service.embed(
+                ticket = self.service.admit(
                     [request.input_text], time_limit=time_limit, request_id=request_id
                 )
+                release_work_slot()  # waiting for the model is no event-loop work
+                outcome = await self.service.wait(ticket)
             except errors.ServiceError as error:
                 outcome = error
             nursery.cancel_scope.cancel()

@@ -1,4 +1,4 @@
-"""What the batcher needs from a model, and the adapter that runs a blocking model off the event loop."""
+"""A blocking model's protocol, and the adapter that runs it off the event loop as an `AsyncEmbedder`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from .jobs import Vector
+from ..core.jobs import Vector
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +30,6 @@ class Model(Protocol):
     def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
         """One float32 vector per text, from its token ids (as `tokenize` gave them, unpadded)."""
         ...
-
-
-class AsyncEmbedder(Protocol):
-    """The batcher's view of a model. Calls are checkpoints; they never run concurrently."""
-
-    name: str
-    device: str
-    dimension: int
-    max_tokens: int
-
-    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
-
-    async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]: ...
 
 
 class ThreadedEmbedder:

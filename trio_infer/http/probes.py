@@ -20,7 +20,7 @@ if TYPE_CHECKING:
         Scope,
     )
 
-    from .service import EmbeddingService
+    from ..core.service import EmbeddingService
 
 ASGIApp = Any
 
@@ -36,8 +36,6 @@ class ProbeMiddleware:
             and scope["method"] in ("GET", "HEAD")
             and scope["path"] in ("/health", "/ready")
         ):
-            from .app import health_body, ready_body
-
             body, status = (health_body if scope["path"] == "/health" else ready_body)(self.service)
             payload = orjson.dumps(body)
             headers = [
@@ -62,3 +60,14 @@ class ProbeMiddleware:
             await send(body_event)
             return
         await self.app(scope, receive, send)
+
+
+def health_body(service: EmbeddingService) -> tuple[dict[str, Any], int]:
+    body = service.health()
+    return body, 200 if body["status"] == "healthy" else 503
+
+
+def ready_body(service: EmbeddingService) -> tuple[dict[str, Any], int]:
+    if service.ready():
+        return {"status": "ready"}, 200
+    return {"status": "not ready"}, 503

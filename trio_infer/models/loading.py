@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ..config import DEBUG_MODEL, Settings
+from ..core.embedder import AsyncEmbedder
+from ..core.formation import CostModel
 from .calibration import calibrate, choose_token_budget
-from .config import DEBUG_MODEL, Settings
-from .embedder import AsyncEmbedder, ThreadedEmbedder
-from .formation import CostModel
+from .embedder import ThreadedEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,12 @@ def load_model(settings: Settings) -> LoadedModel:
     """Load the model, fit its cost model and pick the padded-token budget (unless configured)."""
     embedder: AsyncEmbedder
     if settings.model_name == DEBUG_MODEL:
-        from .debug_embedder import DebugEmbedder
+        from .debug import DebugEmbedder
 
         embedder = DebugEmbedder()
         cost = _DEBUG_COST
     else:
-        from .st_embedder import SentenceTransformerModel
+        from .sentence_transformer import SentenceTransformerModel
 
         model = SentenceTransformerModel(settings)
         cost = calibrate(model)

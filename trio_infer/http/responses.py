@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from quart import Response
 
-from .errors import ServiceError
+from ..core.errors import ServiceError
 
 _JSON = "application/json"
 

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import trio
 
+from ..config import Settings
 from .batching import Batcher
-from .config import Settings
 from .errors import Draining, RequestTimeout, Unavailable
 from .jobs import Job
 from .lifecycle import Lifecycle
 from .metrics import Metrics
-from .throttle import release_work_slot
 
 log = logging.getLogger(__name__)
 
 _LAG_PROBE = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """Admitted texts: their jobs, in order, and the deadline they are waited on under."""
+
+    jobs: list[Job]
+    deadline: float
+    limit: float
 
 
 class EmbeddingService:
@@ -34,14 +43,11 @@ class EmbeddingService:
         self.dimension = batcher.embedder.dimension
         metrics.model_info.labels(model=self.model_name, device=self.device).set(1)
 
-    async def embed(
-        self, texts: Sequence[str], *, time_limit: float | None = None, request_id: str = ""
-    ) -> list[Job]:
-        """Embed `texts` (each its own batcher item). Returns their finished jobs in order.
+    def admit(self, texts: Sequence[str], *, time_limit: float | None = None, request_id: str = "") -> Ticket:
+        """Admit all of `texts` to the batcher, or none; never blocks. Returns the ticket to `wait` on.
 
-        The wait is bounded by the request timeout (or the shorter `time_limit`) and the drain. If the
-        caller is cancelled (a client disconnect) or times out, its unanswered texts are withdrawn and
-        never computed. Raises a ServiceError: Overloaded, Draining, RequestTimeout, InferenceFailed.
+        The deadline is the request timeout, or the shorter `time_limit`. Raises a ServiceError:
+        Draining, Unavailable, Overloaded (503 with Retry-After), PayloadTooLarge.
         """
         if self.lifecycle.closing:
             raise Draining("the server is shutting down")
@@ -54,8 +60,17 @@ class EmbeddingService:
         )
         deadline = trio.current_time() + limit
         jobs = self.batcher.submit(texts, deadline=deadline, request_id=request_id)
-        release_work_slot()  # waiting for the model is no event-loop work
-        with self.lifecycle.request_scope(deadline) as scope:
+        return Ticket(jobs=jobs, deadline=deadline, limit=limit)
+
+    async def wait(self, ticket: Ticket) -> list[Job]:
+        """Wait for every job of `ticket`; returns them finished, in order.
+
+        The wait is bounded by the ticket's deadline and the drain. If the caller is cancelled (a
+        client disconnect) or times out, its unanswered texts are withdrawn and never computed.
+        Raises a ServiceError: Draining, RequestTimeout, InferenceFailed.
+        """
+        jobs = ticket.jobs
+        with self.lifecycle.request_scope(ticket.deadline) as scope:
             try:
                 for job in jobs:
                     await job.done.wait()
@@ -70,7 +85,13 @@ class EmbeddingService:
             return jobs
         if self.lifecycle.drain_expired():
             raise Draining("the server shut down before this request was served")
-        raise RequestTimeout(f"no result within {limit:g} s")
+        raise RequestTimeout(f"no result within {ticket.limit:g} s")
+
+    async def embed(
+        self, texts: Sequence[str], *, time_limit: float | None = None, request_id: str = ""
+    ) -> list[Job]:
+        """`admit` then `wait`, for callers with nothing to do between the two."""
+        return await self.wait(self.admit(texts, time_limit=time_limit, request_id=request_id))
 
     def stalled(self) -> bool:
         return self.batcher.stalled_for() > self.settings.watchdog_timeout

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 from quart import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from ..core.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from .schemas import describe_validation_error
 
 M = TypeVar("M", bound=BaseModel)

@@ -16,12 +16,14 @@ from quart import Blueprint, Response, current_app, g, request
 from quart.blueprints import BlueprintSetupState
 from quart_schema import document_request, document_response
 
-from . import access, errors
+from ..core import errors
+from ..core.jobs import Vector
+from ..core.service import EmbeddingService
+from . import access
 from .bodies import read_model
-from .jobs import Vector
 from .openai_schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList, ModelObject, OpenAIErrorResponse
 from .responses import json_response
-from .service import EmbeddingService
+from .throttle import release_work_slot
 
 OWNED_BY = "trio-infer"
 _CREATED_KEY = "openai_model_created"
@@ -117,11 +119,13 @@ async def create_embeddings() -> Response:
     body = await read_model(request, EmbeddingsRequest)
     _check_model(service, body.model)
     _check_dimensions(service, body.dimensions)
-    jobs = await service.embed(
+    ticket = service.admit(
         body.input,
         time_limit=access.parse_timeout(request.headers.get(access.TIMEOUT_HEADER)),
         request_id=g.request_id,
     )
+    release_work_slot()  # waiting for the model is no event-loop work
+    jobs = await service.wait(ticket)
     data = []
     prompt_tokens = 0
     for index, job in enumerate(jobs):

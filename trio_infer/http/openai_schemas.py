@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from .errors import BadRequest
+from ..core.errors import BadRequest
 from .schemas import Text
 
 MAX_INPUTS = 2048

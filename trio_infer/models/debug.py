@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import trio
 
-from .jobs import Vector
+from ..core.jobs import Vector
 
 DEBUG_DIMENSION = 384
 

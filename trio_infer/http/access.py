@@ -8,9 +8,9 @@ import itertools
 import logging
 import uuid
 
-from . import errors
+from ..core import errors
 
-log = logging.getLogger("trio_infer.access")
+log = logging.getLogger("trio_infer.http.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TIMEOUT_HEADER = "X-Request-Timeout"

@@ -18,15 +18,15 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
+from ..config import Settings
+from ..core.batching import Batcher, BatchLimits
+from ..core.lifecycle import Lifecycle
+from ..core.metrics import Metrics
+from ..core.service import EmbeddingService
+from ..http.app import create_app
+from ..models.loading import LoadedModel, load_model
 from . import hypercorn_fixes
-from .app import create_app
-from .batching import Batcher, BatchLimits
-from .config import Settings
-from .lifecycle import Lifecycle
-from .loading import LoadedModel, load_model
 from .logs import flush_periodically
-from .metrics import Metrics
-from .service import EmbeddingService
 
 log = logging.getLogger(__name__)
 

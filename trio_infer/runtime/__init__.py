@@ -1,0 +1,1 @@
+"""The process: serving under hypercorn, the multi-worker supervisor and logging."""
