@@ -26,7 +26,8 @@ def text_vector(text: str, dimension: int = 8) -> Vector:
 
 
 class FakeEmbedder:
-    """Tokens = whitespace words + 2; a forward pass sleeps `FAKE_COST` of its padded shape.
+    """Tokens = whitespace words + 2; a forward pass sleeps `FAKE_COST` of its padded shape and
+    tokenization `tokenize_seconds` (0: a checkpoint).
 
     `poison` texts make the whole forward pass raise (like a model error); `gate`, when set, makes
     every forward pass wait for it (a busy or hung model). Records every batch it ran.
@@ -43,20 +44,30 @@ class FakeEmbedder:
         self.batches: list[list[str]] = []
         self.gate: trio.Event | None = None
         self.started = trio.Event()
+        self.one_hop_calls = 0
+        self.tokenize_seconds = 0.0
+        self.pass_times: list[tuple[float, float]] = []
 
     async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        await trio.lowlevel.checkpoint()
+        await trio.sleep(self.tokenize_seconds)
         return [[101, *[7] * len(text.split()), 102] for text in texts]
 
     async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
         self.batches.append(list(texts))
+        start = trio.current_time()
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
         await trio.sleep(self.cost.batch_cost(len(texts), max(len(ids) for ids in token_ids)))
+        self.pass_times.append((start, trio.current_time()))
         if self.poison.intersection(texts):
             raise RuntimeError("poisoned batch")
         return [text_vector(text) for text in texts]
+
+    async def tokenize_and_embed(self, texts: Sequence[str]) -> tuple[list[list[int]], list[Vector]]:
+        self.one_hop_calls += 1
+        token_ids = await self.tokenize(texts)
+        return token_ids, await self.embed(texts, token_ids)
 
     @property
     def texts_computed(self) -> list[str]:
@@ -72,7 +83,7 @@ def make_service(
         max_batch_size=int(limits.get("max_batch_size", settings.max_batch_size)),
         max_batch_tokens=int(limits.get("max_batch_tokens", 4096)),
         batch_timeout=float(limits.get("batch_timeout", settings.batch_timeout)),
-        num_workers=int(limits.get("num_workers", settings.num_batching_workers)),
+        batches_ahead=int(limits.get("num_workers", settings.num_batching_workers)),
         max_queue_size=int(limits.get("max_queue_size", settings.max_queue_size)),
     )
     batcher = Batcher(embedder, Metrics(), batch_limits, embedder.cost)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def embedder() -> FakeEmbedder:
 
 @pytest.fixture
 async def service(embedder: FakeEmbedder, nursery: trio.Nursery) -> AsyncIterator[EmbeddingService]:
-    service = make_service(embedder, max_batch_size=8, max_batch_tokens=256, batch_timeout=0.05)
+    service = make_service(embedder, max_batch_size=8, max_batch_tokens=256)
     await nursery.start(service.batcher.run)
     service.lifecycle.mark_ready()
     yield service
@@ -38,11 +39,16 @@ async def model_busy(
     """A nursery in which `first` holds the model busy: what is submitted inside queues behind it. The
     model is released when the block ends (or earlier by `embedder.gate.set()`)."""
     embedder.gate = trio.Event()
+    embedder.started = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(service.embed, [first])
         await embedder.started.wait()
         yield nursery
         embedder.gate.set()
+
+
+def sample(service: EmbeddingService, name: str, **labels: str) -> float | None:
+    return service.metrics.registry.get_sample_value(name, labels)
 
 
 def words(count: int, tag: str = "w") -> str:
@@ -97,10 +103,10 @@ async def test_batches_grow_while_the_model_is_busy(
     assert len(embedder.batches) == 2
 
 
-async def test_batch_timeout_never_delays_dispatch_past_a_free_model(
+async def test_batch_timeout_does_not_hold_texts_that_arrive_while_the_model_is_busy(
     embedder: FakeEmbedder, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    service = make_service(embedder, batch_timeout=30.0)
+    service = make_service(embedder, batch_timeout=1.0)
     await nursery.start(service.batcher.run)
     embedder.gate = trio.Event()
     done: dict[str, float] = {}
@@ -113,15 +119,98 @@ async def test_batch_timeout_never_delays_dispatch_past_a_free_model(
             waiting_done.set()
 
     nursery.start_soon(timed, "busy")
-    await embedder.started.wait()
+    await embedder.started.wait()  # after the 1 s wait for batch-mates on the idle model
     nursery.start_soon(timed, "waiting")
     await trio.sleep(0.5)
     release = trio.current_time()
     embedder.gate.set()
     with trio.fail_after(5):
         await waiting_done.wait()
-    # Served right after the running pass, not 30 s of batch timeout later.
+    # Served by the pass right after the running one, not a batch timeout later.
     assert done["waiting"] - release < 0.1
+    assert embedder.batches == [["busy"], ["waiting"]]
+
+
+@pytest.mark.parametrize(("batch_timeout", "passes"), [(0.2, 1), (0.0, 4)])
+async def test_batch_timeout_gathers_batch_mates_for_an_idle_model(
+    batch_timeout: float,
+    passes: int,
+    embedder: FakeEmbedder,
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    service = make_service(embedder, batch_timeout=batch_timeout)
+    await nursery.start(service.batcher.run)
+    texts = [f"text number {i}" for i in range(4)]
+    # A pass of one text takes 12.5 ms: each text finds the model idle when it arrives.
+    results = await embed_all(service, texts, stagger=0.02)
+    assert len(embedder.batches) == passes
+    assert sorted(embedder.texts_computed) == sorted(texts)
+    for text in texts:
+        np.testing.assert_allclose(results[text], text_vector(text))
+
+
+async def test_batch_timeout_ends_early_once_a_full_batch_waits(
+    embedder: FakeEmbedder, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    service = make_service(embedder, batch_timeout=10.0, max_batch_size=4)
+    await nursery.start(service.batcher.run)
+    start = trio.current_time()
+    await embed_all(service, [f"full batch {i}" for i in range(4)], stagger=0.01)
+    assert trio.current_time() - start < 1.0
+    assert len(embedder.batches) == 1
+
+
+async def test_a_lone_text_on_an_idle_model_takes_one_model_call(
+    service: EmbeddingService, embedder: FakeEmbedder, autojump_clock: trio.testing.MockClock
+) -> None:
+    await service.embed(["alone"])
+    assert embedder.one_hop_calls == 1
+    async with model_busy(service, embedder, first="busy") as nursery:
+        for i in range(3):
+            nursery.start_soon(service.embed, [f"queued {i}"])
+        await trio.sleep(0.1)
+    # Texts that queued behind a pass were tokenized while it ran and share one forward pass.
+    assert embedder.one_hop_calls == 2
+    assert sorted(embedder.batches[-1]) == [f"queued {i}" for i in range(3)]
+
+
+async def test_num_batching_workers_widens_the_window_each_pass_is_planned_over(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Short and long texts alternate in arrival order, all queued behind a busy model.
+    texts = [words(60 if i % 2 else 2, f"m{i}_") for i in range(16)]
+    passes: dict[int, list[list[str]]] = {}
+    for batches_ahead in (1, 4):
+        embedder = FakeEmbedder()
+        service = make_service(embedder, max_batch_size=4, num_workers=batches_ahead)
+        await nursery.start(service.batcher.run)
+        async with model_busy(service, embedder, first="busy") as inner:
+            inner.start_soon(partial(embed_all, service, texts, stagger=0.001))
+            await trio.sleep(0.2)
+        service.batcher.close()
+        passes[batches_ahead] = embedder.batches[1:]
+        assert sorted(text for batch in passes[batches_ahead] for text in batch) == sorted(texts)
+    # Planned over all 16 at once: four full passes, each of one length.
+    assert len(passes[4]) == 4
+    assert all(len({len(text.split()) for text in batch}) == 1 for batch in passes[4])
+    # Planned over four at a time, the short and long texts of each window run apart: more passes.
+    assert len(passes[1]) > len(passes[4])
+
+
+async def test_the_next_pass_starts_when_the_running_one_ends(
+    embedder: FakeEmbedder, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    embedder.tokenize_seconds = 0.005
+    service = make_service(embedder, max_batch_size=4)
+    await nursery.start(service.batcher.run)
+    async with model_busy(service, embedder, first="busy") as nursery2:
+        nursery2.start_soon(embed_all, service, [f"next {i}" for i in range(4)])
+        await trio.sleep(0.2)
+    # The four were tokenized while "busy" ran: no tokenization between the two passes.
+    first_end = embedder.pass_times[0][1]
+    second_start = embedder.pass_times[1][0]
+    assert second_start == first_end
 
 
 async def test_size_cap_and_token_budget(
@@ -227,7 +316,7 @@ async def test_failing_batch_fails_only_the_poison_input(
     assert isinstance(results["POISON"], InferenceFailed)
     for text in texts[1:]:
         np.testing.assert_allclose(results[text], text_vector(text))
-    assert service.metrics.requests.labels(status="error")._value.get() == 1
+    assert sample(service, "batcher_requests_total", status="error") == 1
     # The service keeps serving.
     jobs = await service.embed(["after the failure"])
     assert jobs[0].vector is not None
@@ -244,8 +333,8 @@ async def test_cancelled_waiting_caller_is_never_computed(
         embedder.gate.set()
     assert "gone" not in embedder.texts_computed
     assert "stays" in embedder.texts_computed
-    assert service.metrics.requests.labels(status="cancelled")._value.get() == 1
-    assert service.metrics.skipped._value.get() == 1
+    assert sample(service, "batcher_requests_total", status="cancelled") == 1
+    assert sample(service, "batcher_skipped_total") == 1
     assert service.batcher.queue_size == 0
 
 
@@ -259,7 +348,7 @@ async def test_request_timeout_gives_504_and_no_compute(
         assert trio.current_time() - start == pytest.approx(0.5)
         embedder.gate.set()
     assert "late" not in embedder.texts_computed
-    assert service.metrics.requests.labels(status="timeout")._value.get() == 1
+    assert sample(service, "batcher_requests_total", status="timeout") == 1
 
 
 async def test_full_queue_rejects_at_once_with_retry_after(
@@ -278,7 +367,7 @@ async def test_full_queue_rejects_at_once_with_retry_after(
     assert caught.value.status == 503
     assert caught.value.retry_after_header is not None
     assert int(caught.value.retry_after_header) >= 1
-    assert service.metrics.requests.labels(status="rejected")._value.get() == 1
+    assert sample(service, "batcher_requests_total", status="rejected") == 1
     embedder.gate.set()
 
 

@@ -25,8 +25,8 @@ def test_defaults_match_the_spec() -> None:
     settings = load_settings([], env={})
     assert (settings.host, settings.port) == ("0.0.0.0", 8001)
     assert settings.max_batch_size == 32
-    assert settings.batch_timeout == 0.01
-    assert settings.num_batching_workers == 2
+    assert settings.batch_timeout == 0.0
+    assert settings.num_batching_workers == 4
     assert settings.request_timeout == 30.0
     assert settings.max_batch_tokens is None  # calibrated
     assert settings.model_name is None and settings.model_label == "sentence-transformers/all-MiniLM-L6-v2"

@@ -16,8 +16,8 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8001
     max_batch_size: int = 32
-    batch_timeout: float = 0.01
-    num_batching_workers: int = 2
+    batch_timeout: float = 0.0
+    num_batching_workers: int = 4
     request_timeout: float = 30.0
     graceful_timeout: float = 30.0
     drain_delay: float = 0.0
@@ -48,9 +48,16 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "batch_timeout",
         "BATCH_TIMEOUT",
         float,
-        "seconds a collector keeps gathering while the model is busy; an idle model never waits",
+        "longest seconds a text waits for batch-mates while the model is idle (0: run at once); "
+        "while a pass runs, arrivals join the next pass without a timer",
     ),
-    ("num_batching_workers", "NUM_BATCHING_WORKERS", int, "batch-collector tasks"),
+    (
+        "num_batching_workers",
+        "NUM_BATCHING_WORKERS",
+        int,
+        "batches' worth of texts tokenized ahead while a pass runs; each pass is planned over them "
+        "(more: wider length sorting, less padding)",
+    ),
     ("request_timeout", "REQUEST_TIMEOUT", float, "seconds before a request is answered 504"),
     (
         "graceful_timeout",
@@ -72,7 +79,12 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
         str,
         "padded-token budget of one forward pass (count x longest); 'auto' calibrates it at start-up",
     ),
-    ("max_queue_size", "MAX_QUEUE_SIZE", int, "texts admitted and waiting; beyond it 503 + Retry-After"),
+    (
+        "max_queue_size",
+        "MAX_QUEUE_SIZE",
+        int,
+        "texts admitted and not yet in a forward pass; beyond it 503 + Retry-After",
+    ),
     ("max_body_size", "MAX_BODY_SIZE", int, "largest request body in bytes (413 beyond)"),
     ("api_key", "API_KEY", str, "require 'Authorization: Bearer <key>' on inference routes"),
     ("workers", "WORKERS", int, "worker processes, each with its own model and batcher"),
@@ -80,7 +92,7 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "watchdog_timeout",
         "WATCHDOG_TIMEOUT",
         float,
-        "seconds a forward pass may run before /health turns 503",
+        "seconds a tokenization or forward pass may run before /health turns 503",
     ),
 )
 

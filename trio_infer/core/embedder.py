@@ -9,13 +9,27 @@ from .jobs import Vector
 
 
 class AsyncEmbedder(Protocol):
-    """The batcher's view of a model. Calls are checkpoints; they never run concurrently."""
+    """The batcher's view of a model.
+
+    Calls are checkpoints. The batcher never runs two `embed` (or `tokenize_and_embed`) calls at once,
+    nor two `tokenize` calls at once, but it may tokenize the next batch while a forward pass runs; an
+    adapter whose model cannot overlap the two serialises them itself. Cancelling a call may abandon
+    the work behind it (the batcher cancels only at a shutdown whose deadline has passed).
+    """
 
     name: str
     device: str
     dimension: int
     max_tokens: int
 
-    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
+    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, truncated to `max_tokens`, unpadded."""
+        ...
 
-    async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]: ...
+    async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
+        """One vector per text, from its token ids as `tokenize` gave them."""
+        ...
+
+    async def tokenize_and_embed(self, texts: Sequence[str]) -> tuple[list[list[int]], list[Vector]]:
+        """`tokenize` then `embed` in one call (one thread hop for a lone text): (token ids, vectors)."""
+        ...

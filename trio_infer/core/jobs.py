@@ -18,8 +18,9 @@ _ids = itertools.count(1)
 class Job:
     """One text. The caller waits on `done`; exactly one of `vector` or `error` is set before it fires.
 
-    A caller that leaves marks the job `abandoned`; collectors skip abandoned jobs so no compute is
-    spent on them.
+    A caller that leaves marks the job `abandoned`; the batcher skips abandoned jobs so no compute is
+    spent on them. `waiting` is True from admission until the job enters a forward pass or leaves
+    (withdrawn, skipped, failed): exactly the jobs that count against the queue bound.
     """
 
     text: str
@@ -32,6 +33,7 @@ class Job:
     error: BaseException | None = None
     abandoned: bool = False
     dropped: bool = False  # skipped by the batcher (caller gone or deadline passed); counted once
+    waiting: bool = False
     done: trio.Event = field(default_factory=trio.Event)
 
     @property

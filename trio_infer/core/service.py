@@ -11,6 +11,7 @@ import trio
 from ..config import Settings
 from .batching import Batcher
 from .errors import Draining, RequestTimeout, Unavailable
+from .execution import ModelCall
 from .jobs import Job
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -18,6 +19,10 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 _LAG_PROBE = 0.05
+
+# Forward passes that fail in a row before `/health` turns 503 (a broken device, not one bad input:
+# a failed batch is retried text by text, and any pass that succeeds resets the count).
+FAILED_PASSES_UNHEALTHY = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,8 @@ class EmbeddingService:
         self.device = batcher.embedder.device
         self.dimension = batcher.embedder.dimension
         metrics.model_info.labels(model=self.model_name, device=self.device).set(1)
+        self._reported_call: ModelCall | None = None
+        self._reported_failures = False
 
     def admit(self, texts: Sequence[str], *, time_limit: float | None = None, request_id: str = "") -> Ticket:
         """Admit all of `texts` to the batcher, or none; never blocks. Returns the ticket to `wait` on.
@@ -94,28 +101,75 @@ class EmbeddingService:
         return await self.wait(self.admit(texts, time_limit=time_limit, request_id=request_id))
 
     def stalled(self) -> bool:
+        """Whether a model call (tokenization or forward pass) has run past `--watchdog-timeout`."""
         return self.batcher.stalled_for() > self.settings.watchdog_timeout
 
+    def problem(self) -> str | None:
+        """Why the service is unhealthy, in words for the `/health` body; None when healthy."""
+        if not self.batcher.running:
+            return "the batcher is not running"
+        call = self.batcher.oldest_call()
+        if call is not None and self.stalled():
+            age = trio.current_time() - call.started
+            return (
+                f"a {call.kind} of {len(call.jobs)} text(s) has run {age:.1f} s, "
+                f"past the watchdog timeout of {self.settings.watchdog_timeout:g} s"
+            )
+        failed = self.batcher.failed_in_a_row
+        if failed >= FAILED_PASSES_UNHEALTHY:
+            return f"the last {failed} forward passes failed"
+        return None
+
     def healthy(self) -> bool:
-        return self.batcher.running and not self.stalled()
+        return self.problem() is None
 
     def ready(self) -> bool:
         return self.lifecycle.ready and self.healthy()
 
     def health(self) -> dict[str, object]:
-        return {
-            "status": "healthy" if self.healthy() else "unhealthy",
+        """The `/health` body; an unhealthy one carries a `reason`."""
+        problem = self.problem()
+        body: dict[str, object] = {
+            "status": "healthy" if problem is None else "unhealthy",
             "model": self.model_name,
             "device": self.device,
             "queue_size": self.batcher.queue_size,
             "inflight_batches": self.batcher.inflight_batches,
             "max_batch_tokens": self.batcher.limits.max_batch_tokens,
         }
+        if problem is not None:
+            body["reason"] = problem
+        return body
+
+    def _report_trips(self) -> None:
+        """Log each watchdog trip once (a stalled call, a run of failed passes), and the recovery."""
+        call = self.batcher.oldest_call()
+        if call is not None and self.stalled() and call is not self._reported_call:
+            self._reported_call = call
+            log.error(
+                "watchdog: a %s of %d text(s) has run %.1f s (limit %g s; requests %s); /health is 503",
+                call.kind,
+                len(call.jobs),
+                trio.current_time() - call.started,
+                self.settings.watchdog_timeout,
+                call.request_ids(),
+            )
+        failing = self.batcher.failed_in_a_row >= FAILED_PASSES_UNHEALTHY
+        if failing and not self._reported_failures:
+            log.error(
+                "watchdog: %d forward passes failed in a row; /health is 503 until one succeeds",
+                self.batcher.failed_in_a_row,
+            )
+        elif self._reported_failures and not failing:
+            log.info("watchdog: a forward pass succeeded; healthy again")
+        self._reported_failures = failing
 
     async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Measure event-loop lag and keep the health gauges current; runs until cancelled."""
+        """Measure event-loop lag, keep the health gauges current and log watchdog trips; runs until
+        cancelled."""
         task_status.started()
         while True:
+            self._report_trips()
             self.metrics.ready.set(1 if self.ready() else 0)
             self.metrics.healthy.set(1 if self.healthy() else 0)
             start = trio.current_time()

@@ -64,6 +64,10 @@ class DebugEmbedder:
             raise DebugModelError("[[fail]] marker: simulated model failure")
         return [self._vector(text) for text in texts]
 
+    async def tokenize_and_embed(self, texts: Sequence[str]) -> tuple[list[list[int]], list[Vector]]:
+        token_ids = await self.tokenize(texts)
+        return token_ids, await self.embed(texts, token_ids)
+
     def _vector(self, text: str) -> Vector:
         # Two hash bytes per dimension, centred and scaled to unit length: a few microseconds, where
         # seeding a random generator per text cost more than the rest of the request's batcher work.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import trio
 
@@ -12,11 +12,13 @@ from ..core.jobs import Vector
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R")
-
 
 class Model(Protocol):
-    """A blocking embedding model. Not thread-safe: call it from one thread at a time."""
+    """A blocking embedding model. Not thread-safe: call it from one thread at a time.
+
+    A model whose `tokenize` and `embed` share no state may set `tokenize_in_parallel = True` (an
+    optional attribute): `ThreadedEmbedder` then tokenizes the next batch while a pass runs.
+    """
 
     name: str
     device: str
@@ -33,16 +35,16 @@ class Model(Protocol):
 
 
 class ThreadedEmbedder:
-    """Runs a blocking `Model` in worker threads under a limiter of its own.
+    """Runs a blocking `Model` in worker threads, as an `AsyncEmbedder`.
 
-    The limiter admits one call at a time (the model and its tokenizer are not thread-safe) and is not
-    trio's default limiter, which quart and hypercorn share. A call is not abandoned on cancellation
-    (`abandon_on_cancel=False`): a forward pass cannot be stopped, and its results are still delivered
-    to the callers who stayed.
+    Its limiters are its own, not trio's default one that quart and hypercorn share. `embed` (and
+    `tokenize_and_embed`) run one at a time, and so does `tokenize`. The two overlap (the next batch is
+    tokenized while a pass runs) only when the model sets `tokenize_in_parallel = True`, which says
+    its `tokenize` and `embed` share no state; otherwise one limiter serialises every call.
 
-    Inference threads keep the process's OS priority. Lowering it (tried: nice 5) protected the event
-    loop a little but let any other busy process on the host starve inference: one busy loop beside the
-    server cut its rate from 51 to 4 requests/s.
+    Cancelling a call abandons its thread: the model call runs on, its result is dropped, and the
+    limiters stay held until it ends. The batcher cancels only at a shutdown whose deadline passed;
+    a caller who leaves never cancels a call, so a pass always delivers to the callers who stayed.
     """
 
     def __init__(self, model: Model) -> None:
@@ -51,10 +53,30 @@ class ThreadedEmbedder:
         self.device = model.device
         self.dimension = model.dimension
         self.max_tokens = model.max_tokens
-        self._limiter = trio.CapacityLimiter(1)
+        self._model_limiter = trio.CapacityLimiter(1)
+        parallel = bool(getattr(model, "tokenize_in_parallel", False))
+        self._tokenizer_limiter = trio.CapacityLimiter(1) if parallel else self._model_limiter
 
     async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return await trio.to_thread.run_sync(self.model.tokenize, texts, limiter=self._limiter)
+        return await trio.to_thread.run_sync(
+            self.model.tokenize, texts, limiter=self._tokenizer_limiter, abandon_on_cancel=True
+        )
 
     async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
-        return await trio.to_thread.run_sync(self.model.embed, texts, token_ids, limiter=self._limiter)
+        return await trio.to_thread.run_sync(
+            self.model.embed, texts, token_ids, limiter=self._model_limiter, abandon_on_cancel=True
+        )
+
+    async def tokenize_and_embed(self, texts: Sequence[str]) -> tuple[list[list[int]], list[Vector]]:
+        if self._tokenizer_limiter is self._model_limiter:
+            return await trio.to_thread.run_sync(
+                self._both, texts, limiter=self._model_limiter, abandon_on_cancel=True
+            )
+        async with self._tokenizer_limiter:
+            return await trio.to_thread.run_sync(
+                self._both, texts, limiter=self._model_limiter, abandon_on_cancel=True
+            )
+
+    def _both(self, texts: Sequence[str]) -> tuple[list[list[int]], list[Vector]]:
+        token_ids = self.model.tokenize(texts)
+        return token_ids, self.model.embed(texts, token_ids)

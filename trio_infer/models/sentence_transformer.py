@@ -36,7 +36,11 @@ def pick_device(requested: str | None) -> str:
 
 
 class SentenceTransformerModel:
-    """Blocking; load and call from a worker thread. Not thread-safe (the tokenizer keeps state)."""
+    """Blocking; load and call from a worker thread. Not thread-safe (the tokenizer keeps state), but
+    `embed` never touches the tokenizer (it pads the ids itself), so one thread may tokenize while
+    another embeds."""
+
+    tokenize_in_parallel = True
 
     def __init__(self, settings: Settings) -> None:
         # Bundled weights must not trigger hub look-ups (there may be no network).

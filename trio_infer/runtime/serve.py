@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # hypercorn cancels what is left this long after our own drain deadline, so requests still waiting
 # at our deadline get their 503 written first instead of a reset connection.
 _HYPERCORN_GRACE_MARGIN = 2.0
+# How long past the drain deadline a running model call may still finish before it is abandoned.
+_BATCHER_GRACE = 1.0
 
 
 def hypercorn_config(settings: Settings, *, reuse_port: bool = False) -> Config:
@@ -66,7 +68,7 @@ async def main(settings: Settings, *, reuse_port: bool = False) -> None:
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=loaded.max_batch_tokens,
             batch_timeout=settings.batch_timeout,
-            num_workers=settings.num_batching_workers,
+            batches_ahead=settings.num_batching_workers,
             max_queue_size=settings.max_queue_size,
         )
         batcher = Batcher(loaded.embedder, metrics, limits, loaded.cost)
@@ -124,7 +126,9 @@ async def _serve_http(
             task_status=task_status,
         )
     finally:
-        batcher.close()
+        # A model call still running past the drain deadline (a hung pass) must not keep the process
+        # alive: the batcher raises ShutdownStalled then, and the process exits non-zero.
+        batcher.close(deadline=lifecycle.drain_deadline + _BATCHER_GRACE)
 
 
 __all__ = ["hypercorn_config", "main"]
