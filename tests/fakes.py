@@ -27,7 +27,7 @@ def text_vector(text: str, dimension: int = 8) -> Vector:
 
 class FakeEmbedder:
     """Tokens = whitespace words + 2; a forward pass sleeps `FAKE_COST` of its padded shape and
-    tokenization `tokenize_seconds` (0: a checkpoint).
+    tokenization `tokenize_seconds` (0: a checkpoint) after `tokenize_gate`, when set.
 
     `poison` texts make the whole forward pass raise (like a model error); `gate`, when set, makes
     every forward pass wait for it (a busy or hung model). Records every batch it ran.
@@ -46,9 +46,12 @@ class FakeEmbedder:
         self.started = trio.Event()
         self.one_hop_calls = 0
         self.tokenize_seconds = 0.0
+        self.tokenize_gate: trio.Event | None = None
         self.pass_times: list[tuple[float, float]] = []
 
     async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        if self.tokenize_gate is not None:
+            await self.tokenize_gate.wait()
         await trio.sleep(self.tokenize_seconds)
         return [[101, *[7] * len(text.split()), 102] for text in texts]
 

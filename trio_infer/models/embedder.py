@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -56,10 +57,13 @@ class ThreadedEmbedder:
         self._model_limiter = trio.CapacityLimiter(1)
         parallel = bool(getattr(model, "tokenize_in_parallel", False))
         self._tokenizer_limiter = trio.CapacityLimiter(1) if parallel else self._model_limiter
+        # Held only around `model.tokenize`, inside the thread: a lone text's one-hop call lets the
+        # next batch be tokenized as soon as its own tokens are done.
+        self._tokenizer_lock = threading.Lock()
 
     async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return await trio.to_thread.run_sync(
-            self.model.tokenize, texts, limiter=self._tokenizer_limiter, abandon_on_cancel=True
+            self._tokenize, texts, limiter=self._tokenizer_limiter, abandon_on_cancel=True
         )
 
     async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
@@ -68,15 +72,14 @@ class ThreadedEmbedder:
         )
 
     async def tokenize_and_embed(self, texts: Sequence[str]) -> tuple[list[list[int]], list[Vector]]:
-        if self._tokenizer_limiter is self._model_limiter:
-            return await trio.to_thread.run_sync(
-                self._both, texts, limiter=self._model_limiter, abandon_on_cancel=True
-            )
-        async with self._tokenizer_limiter:
-            return await trio.to_thread.run_sync(
-                self._both, texts, limiter=self._model_limiter, abandon_on_cancel=True
-            )
+        return await trio.to_thread.run_sync(
+            self._both, texts, limiter=self._model_limiter, abandon_on_cancel=True
+        )
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        with self._tokenizer_lock:
+            return self.model.tokenize(texts)
 
     def _both(self, texts: Sequence[str]) -> tuple[list[list[int]], list[Vector]]:
-        token_ids = self.model.tokenize(texts)
+        token_ids = self._tokenize(texts)
         return token_ids, self.model.embed(texts, token_ids)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # at our deadline get their 503 written first instead of a reset connection.
 _HYPERCORN_GRACE_MARGIN = 2.0
 # How long past the drain deadline a running model call may still finish before it is abandoned.
-_BATCHER_GRACE = 1.0
+_BATCHER_GRACE = 3.0
 
 
 def hypercorn_config(settings: Settings, *, reuse_port: bool = False) -> Config:
