@@ -126,7 +126,10 @@ async def test_failed_passes_in_a_row_make_health_unhealthy_until_one_succeeds(
     assert health["reason"] == f"the last {FAILED_PASSES_UNHEALTHY} forward passes failed"
     assert not service.ready()
     trips = [r for r in caplog.records if r.name == "trio_infer.core.service"]
-    assert len(trips) == 1 and f"{FAILED_PASSES_UNHEALTHY} forward passes failed in a row" in trips[0].getMessage()
+    assert (
+        len(trips) == 1
+        and f"{FAILED_PASSES_UNHEALTHY} forward passes failed in a row" in trips[0].getMessage()
+    )
     await service.embed(["works again"])
     assert service.healthy()
 
