@@ -160,7 +160,7 @@ class Execution:
         except Exception:
             self.failed_in_a_row += 1
             log.warning(
-                "forward pass of %d text(s) failed (requests %s; %d failed in a row)",
+                "forward pass of %d text(s) failed (requests %s); %d in a row",
                 len(batch),
                 _ids(batch),
                 self.failed_in_a_row,
