@@ -51,7 +51,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "(default 2; --quick 0)",
     )
     p.add_argument("--output", type=Path, help="markdown file to update (default BENCHMARKS.md)")
+    p.add_argument(
+        "--batching-workers",
+        help="comma-separated --num-batching-workers values to compare, one server each, under "
+        "--batching-clients closed-loop clients (default 1,4; --quick: none); 'none' to skip",
+    )
+    p.add_argument(
+        "--batching-clients",
+        type=int,
+        default=64,
+        help="closed-loop clients for the --batching-workers comparison (default 64: two batches' worth)",
+    )
     return p.parse_args(argv)
+
+
+def _int_list(value: str | None, *, default: str) -> tuple[int, ...]:
+    text = default if value is None else value
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(int(part) for part in text.split(","))
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -75,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         ready_timeout=args.ready_timeout,
         retries=args.retries if args.retries is not None else (0 if quick else 2),
         wait_quiet=args.wait_quiet if args.wait_quiet is not None else (0.0 if quick else 60.0),
+        batching_workers=_int_list(args.batching_workers, default="" if quick else "1,4"),
+        batching_clients=args.batching_clients,
     )
     output = args.output or (RESULTS_DIR / "BENCHMARKS.quick.md" if quick else REPO_ROOT / "BENCHMARKS.md")
     texts = corpus.make_corpus()

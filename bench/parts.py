@@ -32,6 +32,8 @@ class Settings:
     ready_timeout: float
     wait_quiet: float  # seconds to wait for other processes to go idle before each measurement
     retries: int  # measure again (up to this many times) when other processes disturbed a run
+    batching_workers: tuple[int, ...] = ()  # --num-batching-workers values to compare (one server each)
+    batching_clients: int = 64  # closed-loop clients in that comparison (more than one batch waiting)
 
 
 def _quiet(settings: Settings) -> None:
@@ -112,6 +114,7 @@ def model_part(texts: list[str], settings: Settings) -> Section:
         _check_stopped(sec, s)
     except server.ServerError as exc:
         sec.problems.append(f"trio-infer: {exc}")
+    sec.rows += _batching_workers_rows(sec, texts, settings)
     # The machine's speed drifts over minutes (shared host): the ceilings are measured again after the
     # server runs and their mean is the reference, so drift does not land on one side of the ratio.
     print("in-process ceilings again ...", flush=True)
@@ -147,6 +150,33 @@ def model_part(texts: list[str], settings: Settings) -> Section:
         sec.rows.append(row)
         sec.notes.append(note)
     return sec
+
+
+def _batching_workers_rows(sec: Section, texts: list[str], settings: Settings) -> list[Row]:
+    """One server per `--num-batching-workers` value, each under the same closed loop of more clients
+    than one batch holds: a wider window of texts tokenized ahead sorts by length better (see the
+    padding efficiency and forward calls in the notes)."""
+    rows: list[Row] = []
+    n = settings.batching_clients
+    for workers in settings.batching_workers:
+        port, _ = _ports(settings)
+        args = ["-m", "trio_infer", "--port", str(port), "--num-batching-workers", str(workers)]
+        label = f"trio-infer, {n} clients, --num-batching-workers {workers}"
+        print(f"starting trio-infer with --num-batching-workers {workers} on port {port} ...", flush=True)
+        try:
+            with server.running("trio-infer", args, port, {"MODEL_NAME": None}, settings.ready_timeout) as s:
+                row, note, span = _least_disturbed(
+                    label, settings, partial(_closed_loop, s, texts, n, settings), itemgetter(2)
+                )
+            _check_stopped(sec, s)
+        except server.ServerError as exc:
+            sec.problems.append(f"{label}: {exc}")
+            continue
+        row.name, row.role = label, "flag comparison"
+        _check_noise(sec, label, span)
+        sec.notes.append(f"--num-batching-workers {workers}: {note}")
+        rows.append(row)
+    return rows
 
 
 def _ceilings(model: object, texts: list[str], settings: Settings) -> tuple[inprocess.Ceiling, ...]:
