@@ -152,7 +152,7 @@ async def test_without_the_flag_tokenization_waits_for_the_pass(nursery: trio.Nu
     await until(model.embed_started.is_set)
     model.tokenized.clear()
     nursery.start_soon(service.embed, ["next"])
-    await until(lambda: service.batcher.dispatch._tokenizing)
+    await until(lambda: service.batcher.dispatch.tokenizing)
     # The tokenization call is waiting for the model's limiter, not running beside the pass.
     with trio.move_on_after(0.3):
         await until(model.tokenized.is_set)

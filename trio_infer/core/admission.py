@@ -117,10 +117,6 @@ class Admission:
     def oldest(self) -> Job | None:
         return self.queue[0] if self.has_live() else None
 
-    def live_count(self) -> int:
-        now = trio.current_time()
-        return sum(1 for job in self.queue if job.live(now))
-
     def take(self, limit: int) -> list[Job]:
         """Up to `limit` live jobs from the front of the queue, oldest first."""
         now = trio.current_time()

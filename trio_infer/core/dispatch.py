@@ -59,7 +59,13 @@ class Dispatch:
                     self._busy = False
             nursery.cancel_scope.cancel()
 
+    @property
+    def tokenizing(self) -> bool:
+        """Whether a tokenization call is running (for the preparer or an idle model)."""
+        return self._tokenizing
+
     async def _next_work(self) -> Work | None:
+        """The next pass to run, once there is one; None when closed and nothing is left."""
         while True:
             now = trio.current_time()
             self.prepared[:] = [job for job in self.prepared if self.admission.keep(job, now)]
