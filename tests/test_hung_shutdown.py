@@ -1,4 +1,5 @@
-"""A forward pass that hangs at shutdown cannot keep the process alive: a real server, a real SIGTERM."""
+"""A hung forward pass over real HTTP: /health says why, and at shutdown it cannot keep the process
+alive. A real server, a real SIGTERM."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from tests.serverproc import ServerProcess, get, post_json
 HANG = {"DEBUG_FAULTS": "1"}
 
 
-async def test_a_pass_hung_at_shutdown_ends_the_process_non_zero_after_the_drain() -> None:
-    proc = ServerProcess(args=["--graceful-timeout", "1", "--watchdog-timeout", "600"], env=HANG).start()
+async def test_a_hung_pass_explains_health_and_ends_the_process_non_zero_after_the_drain() -> None:
+    proc = ServerProcess(args=["--graceful-timeout", "1", "--watchdog-timeout", "1"], env=HANG).start()
     try:
         answers: list[int] = []
 
@@ -24,8 +25,11 @@ async def test_a_pass_hung_at_shutdown_ends_the_process_non_zero_after_the_drain
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hung_request)
             with trio.fail_after(60):
-                while (await get(proc.port, "/health")).json()["inflight_batches"] < 1:  # noqa: ASYNC110
-                    await trio.sleep(0.02)
+                while (health := await get(proc.port, "/health")).status != 503:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            # The watchdog tripped: /health says why, and the log says so once.
+            assert health.json()["inflight_batches"] == 1
+            assert "forward pass of 1 text(s) has run" in health.json()["reason"]
             assert proc.proc is not None
             proc.proc.send_signal(signal.SIGTERM)
             # Without the shutdown deadline the process waits for the pass for an hour.
@@ -34,5 +38,6 @@ async def test_a_pass_hung_at_shutdown_ends_the_process_non_zero_after_the_drain
         assert code != 0, log
         assert answers == [503], log  # the caller was answered at the drain deadline, not reset
         assert "shutdown deadline passed" in log and "forward pass of 1 text(s)" in log
+        assert log.count("watchdog: a forward pass") == 1, log
     finally:
         proc.stop()

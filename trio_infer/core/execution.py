@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 
@@ -19,6 +20,8 @@ from .jobs import Job, Vector
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class ServiceRate:
@@ -38,7 +41,7 @@ class ServiceRate:
         return self._texts / self._seconds if self._seconds > 0 else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ModelCall:
     """A model call in progress: what it does, since when, for which texts."""
 
@@ -76,7 +79,7 @@ class Execution:
         call = self.oldest_call()
         return 0.0 if call is None else trio.current_time() - call.started
 
-    async def _timed(self, kind: str, jobs: list[Job], call: Callable[[], Awaitable[object]]) -> object:
+    async def _timed(self, kind: str, jobs: list[Job], call: Callable[[], Awaitable[T]]) -> T:
         record = ModelCall(kind, trio.current_time(), tuple(jobs))
         self.calls.append(record)
         try:
@@ -101,7 +104,6 @@ class Execution:
             for job in jobs:
                 done += await self.tokenize([job])
             return done
-        assert isinstance(token_ids, list)
         for job, ids in zip(jobs, token_ids, strict=True):
             job.tokens = list(ids) or [0]
         return jobs
@@ -154,7 +156,6 @@ class Execution:
         start = trio.current_time()
         try:
             vectors = await self._timed("forward pass", batch, call)
-            assert isinstance(vectors, list)
             if len(vectors) != len(batch):
                 raise RuntimeError(f"model returned {len(vectors)} vectors for {len(batch)} texts")
         except Exception:
