@@ -114,6 +114,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.http_in_progress = Gauge(
+            "http_requests_in_progress",
+            "HTTP requests counted against --max-concurrent-requests and not yet answered",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.loop_lag = Histogram(
             "event_loop_lag_seconds",
             "How late a periodic 50 ms sleep on the event loop wakes up",

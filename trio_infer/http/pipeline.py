@@ -2,9 +2,10 @@
 
 In order, for each request:
 1. a request id (the caller's `X-Request-ID` when usable, else a fresh one);
-2. from the head alone, before a byte of the body is read: the route (404), the method (405 with
-   `Allow`), the API key (401), for routes with a body its `Content-Type` (415) and declared
-   `Content-Length` (413), and the cap on concurrent requests (503 with `Retry-After`);
+2. from the head alone, before a byte of the body is read: the API key unless the path is exactly
+   an open route's (401), the route (404), the method (405 with `Allow`), for routes with a body its
+   `Content-Type` (415) and declared `Content-Length` (413), and the cap on concurrent requests (503
+   with `Retry-After`);
 3. the body, within `--body-timeout` (408) and `--max-body-size` (413, counted while reading);
 4. an event-loop work slot (`throttle.py`), then the body validated as the route's model (400/422);
 5. the handler; a client that disconnects while a handler with a body runs cancels it (so the
@@ -14,7 +15,8 @@ In order, for each request:
 7. the answer with `X-Request-ID`, `Connection: close` when the body was left unread or the server is
    draining; one access log line; the HTTP metrics with bounded labels.
 
-Probes (`Route.probe`) go through the same steps but take no work slot and are never refused for load.
+Probes (`Route.probe`) go through the same steps but take no work slot; they and `/metrics` are never
+refused for load (`Route.capped`).
 Anything that is not HTTP (the ASGI lifespan) goes to the wrapped app, quart-trio.
 
 Cancellation contract: the pipeline holds nothing across requests except the work-slot semaphore and
@@ -77,6 +79,7 @@ class Pipeline:
         self._in_flight = 0
         self._work = WorkSlots()
         self._count = service.metrics.count_http
+        self._in_progress = service.metrics.http_in_progress
 
     @property
     def in_flight(self) -> int:
@@ -113,6 +116,7 @@ class Pipeline:
         finally:
             if state.counted:
                 self._in_flight -= 1
+                self._in_progress.dec()
         if reply is None:
             status = CLIENT_CLOSED
         else:
@@ -133,24 +137,25 @@ class Pipeline:
         state: _State,
     ) -> Reply | None:
         """The handler's reply, or None when the client left while it ran. Raises ServiceError."""
+        if not match.open:  # with --api-key, an unknown path is not open either
+            access.check_api_key(headers.get("authorization"), self._api_key)
         route = match.route
         if route is None:
             if match.allowed:
                 raise errors.MethodNotAllowed(f"{method} is not allowed on {path}")
             raise errors.NotFound(f"no route {path}")
-        if not route.open:
-            access.check_api_key(headers.get("authorization"), self._api_key)
         if route.body is not None:
             check_content_type(headers.get("content-type"))
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self._max_body:
                 raise errors.PayloadTooLarge(f"the body exceeds {self._max_body} bytes")
-        if not route.probe:
+        if route.capped:
             if self._in_flight >= self._max_in_flight:
                 raise errors.Overloaded(
                     f"more than {self._max_in_flight} requests in progress", retry_after=_CAP_RETRY_AFTER
                 )
             self._in_flight += 1
+            self._in_progress.inc()
             state.counted = True
         data = b""
         if route.body is not None:

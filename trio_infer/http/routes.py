@@ -49,8 +49,10 @@ class Route:
     - `responses`: status -> model (None: documented without a body schema), for /openapi.json and
       for the metric series created at start-up.
     - `open`: answered without the API key (probes, metrics, documentation).
-    - `probe`: cheap and never refused for load: no work slot, not counted against
-      `--max-concurrent-requests` (an orchestrator must see the truth under load).
+    - `capped`: counted against `--max-concurrent-requests` (503 above it). Probes and `/metrics` are
+      not: under overload is when an orchestrator or a scraper most needs an answer.
+    - `probe`: cheap: takes no event-loop work slot, so it is answered within a few scheduling
+      rounds whatever else is running.
     - `documented`: listed in /openapi.json.
     - `content_type`: the 200 answer's media type in /openapi.json.
     """
@@ -61,6 +63,7 @@ class Route:
     body: type[BaseModel] | None = None
     responses: Mapping[int, type[BaseModel] | None] = field(default_factory=dict)
     open: bool = False
+    capped: bool = True
     probe: bool = False
     documented: bool = True
     content_type: str = "application/json"
@@ -91,12 +94,14 @@ def _pattern(path: str) -> re.Pattern[str]:
 @dataclass(frozen=True, slots=True)
 class Match:
     """The result of a lookup: the route (None: 404 or 405), the metrics label, the path parameters,
-    and the methods the path allows (for 405's `Allow`)."""
+    the methods the path allows (for 405's `Allow`), and whether the path is open without the API key
+    (only a declared open route's exact path is; an unknown path is not)."""
 
     route: Route | None
     label: str
     params: Mapping[str, str]
     allowed: tuple[str, ...]
+    open: bool
 
 
 _NO_PARAMS: Mapping[str, str] = {}
@@ -137,10 +142,11 @@ class RouteTable:
                     methods, params, label = table, found.groupdict(), template
                     break
             else:
-                return Match(None, UNMATCHED, _NO_PARAMS, ())
+                return Match(None, UNMATCHED, _NO_PARAMS, (), False)
         route = methods.get(method)
-        allowed = () if route is not None else tuple(sorted(methods))
-        return Match(route, label, params, allowed)
+        if route is not None:
+            return Match(route, label, params, (), route.open)
+        return Match(None, label, params, tuple(sorted(methods)), all(r.open for r in methods.values()))
 
     def labels(self) -> list[tuple[str, str, tuple[int, ...]]]:
         """(route label, method, statuses) of every declared route, for metrics present from start-up."""
