@@ -180,3 +180,25 @@ async def test_paths_that_only_start_like_an_open_route_need_the_key(
 async def test_open_routes_answer_without_the_key(server: ServerProcess) -> None:
     for path in ("/health", "/ready", "/metrics", "/openapi.json", "/docs", "/redoc", "/"):
         assert (await get(server.port, path)).status == 200, path
+
+
+# -- the settings ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--body-timeout", "nan"],
+        ["--body-timeout", "inf"],
+        ["--body-timeout", "0"],
+        ["--body-timeout", "-1"],
+        ["--max-concurrent-requests", "0"],
+        ["--max-concurrent-requests", "many"],
+    ],
+)
+def test_http_limits_refuse_unusable_values(args: list[str]) -> None:
+    from trio_infer.config import load_settings
+
+    with pytest.raises(SystemExit) as raised:
+        load_settings(args, env={})
+    assert raised.value.code == 2

@@ -36,7 +36,6 @@ def create_app(service: EmbeddingService) -> QuartTrio:
     table = RouteTable([*api, *doc_pages.routes(document)])
     service.metrics.prepare_http(table.labels())
     app = QuartTrio(__name__)
-    app.extensions["embedding_service"] = service
     app.extensions["route_table"] = table
     app.asgi_app = Pipeline(app.asgi_app, service, table)  # type: ignore[method-assign]
     return app
