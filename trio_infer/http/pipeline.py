@@ -81,11 +81,6 @@ class Pipeline:
         self._count = service.metrics.count_http
         self._in_progress = service.metrics.http_in_progress
 
-    @property
-    def in_flight(self) -> int:
-        """Requests past the concurrency check and not yet answered."""
-        return self._in_flight
-
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -101,30 +96,44 @@ class Pipeline:
         match = self.table.match(path, method)
         has_body = "transfer-encoding" in headers or headers.get("content-length", "0") not in ("0", "")
         state = _State(body_unread=has_body)
-        reply: Reply | None
         try:
-            reply = await self._answer(match, method, path, headers, request_id, receive, state)
+            reply = await self._reply(match, method, path, headers, request_id, receive, state)
+            if reply is None:
+                status = CLIENT_CLOSED
+            else:
+                status = reply.status
+                await self._send(send, reply, request_id, method == "HEAD", state.body_unread)
+        finally:
+            if state.counted:  # in progress until the answer is written
+                self._in_flight -= 1
+                self._in_progress.dec()
+        elapsed = time.perf_counter() - started
+        self._count(match.label, method, status, elapsed)
+        access.log_access(method, path, status, elapsed, request_id)
+
+    async def _reply(
+        self,
+        match: Match,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        request_id: str,
+        receive: ASGIReceiveCallable,
+        state: _State,
+    ) -> Reply | None:
+        """The answer, errors mapped; None when the client left before it."""
+        try:
+            return await self._answer(match, method, path, headers, request_id, receive, state)
         except _ClientLeft:
-            reply = None
+            return None
         except errors.ServiceError as error:
             reply = error_reply(error, openai=_is_openai(path))
             if isinstance(error, errors.MethodNotAllowed) and match.allowed:
                 reply.headers.append((b"allow", ", ".join(match.allowed).encode()))  # RFC 9110
+            return reply
         except Exception:
             log.exception("unhandled error (request %s)", request_id)
-            reply = error_reply(errors.ServiceError("internal server error"), openai=_is_openai(path))
-        finally:
-            if state.counted:
-                self._in_flight -= 1
-                self._in_progress.dec()
-        if reply is None:
-            status = CLIENT_CLOSED
-        else:
-            status = reply.status
-            await self._send(send, reply, request_id, method == "HEAD", state.body_unread)
-        elapsed = time.perf_counter() - started
-        self._count(match.label, method, status, elapsed)
-        access.log_access(method, path, status, elapsed, request_id)
+            return error_reply(errors.ServiceError("internal server error"), openai=_is_openai(path))
 
     async def _answer(
         self,
@@ -136,7 +145,8 @@ class Pipeline:
         receive: ASGIReceiveCallable,
         state: _State,
     ) -> Reply | None:
-        """The handler's reply, or None when the client left while it ran. Raises ServiceError."""
+        """The handler's reply, or None when the client left while it ran. Raises ServiceError,
+        _ClientLeft, or whatever the handler raises."""
         if not match.open:  # with --api-key, an unknown path is not open either
             access.check_api_key(headers.get("authorization"), self._api_key)
         route = match.route
