@@ -102,7 +102,8 @@ class Pipeline:
                 status = CLIENT_CLOSED
             else:
                 status = reply.status
-                await self._send(send, reply, request_id, method == "HEAD", state.body_unread)
+                close = state.body_unread or self.service.lifecycle.closing
+                await _send(send, reply, request_id, method == "HEAD", close, scope["http_version"] == "2")
         finally:
             if state.counted:  # in progress until the answer is written
                 self._in_flight -= 1
@@ -201,31 +202,6 @@ class Pipeline:
                     return b"".join(chunks)
         raise errors.BodyTimeout(f"the body did not arrive within {self._body_timeout:g} s")
 
-    async def _send(
-        self, send: ASGISendCallable, reply: Reply, request_id: str, head: bool, body_unread: bool
-    ) -> None:
-        headers = [
-            (b"content-type", reply.content_type),
-            (b"content-length", str(len(reply.body)).encode()),
-            (b"x-request-id", request_id.encode()),
-            *reply.headers,
-        ]
-        if (body_unread or self.service.lifecycle.closing) and _CLOSE not in headers:
-            headers.append(_CLOSE)
-        start: HTTPResponseStartEvent = {
-            "type": "http.response.start",
-            "status": reply.status,
-            "headers": headers,
-            "trailers": False,
-        }
-        await send(start)
-        end: HTTPResponseBodyEvent = {
-            "type": "http.response.body",
-            "body": b"" if head else reply.body,
-            "more_body": False,
-        }
-        await send(end)
-
 
 class _State:
     __slots__ = ("body_unread", "counted")
@@ -257,6 +233,34 @@ async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.Cancel
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()
+
+
+async def _send(
+    send: ASGISendCallable, reply: Reply, request_id: str, head: bool, close: bool, http2: bool
+) -> None:
+    headers = [
+        (b"content-type", reply.content_type),
+        (b"content-length", str(len(reply.body)).encode()),
+        (b"x-request-id", request_id.encode()),
+        *reply.headers,
+    ]
+    if http2:  # HTTP/2 forbids connection-specific headers; a stream ends on its own
+        headers = [header for header in headers if header[0] != b"connection"]
+    elif close and _CLOSE not in headers:
+        headers.append(_CLOSE)
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": reply.status,
+        "headers": headers,
+        "trailers": False,
+    }
+    await send(start)
+    end: HTTPResponseBodyEvent = {
+        "type": "http.response.body",
+        "body": b"" if head else reply.body,
+        "more_body": False,
+    }
+    await send(end)
 
 
 def _is_openai(path: str) -> bool:
