@@ -292,7 +292,7 @@ async def test_odd_request_ids_are_echoed_harmlessly(server: ServerProcess) -> N
 async def test_malformed_http_is_refused_and_the_server_keeps_serving(server: ServerProcess) -> None:
     garbage = [
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # a TLS ClientHello
-        b"GET / HTTP/9.9\r\nConnection: close\r\n\r\n",
+        b"GET /nowhere HTTP/9.9\r\nConnection: close\r\n\r\n",
         b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
         b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",
         b"POST /embed HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",

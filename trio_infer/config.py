@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ class Settings:
     model_name: str | None = None  # None: the bundled all-MiniLM-L6-v2
     hf_token: str | None = None
     device: str | None = None  # None: cuda if available, else cpu
+    body_timeout: float = 30.0
+    max_concurrent_requests: int = 512
 
     @property
     def model_label(self) -> str:
@@ -93,6 +96,18 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "WATCHDOG_TIMEOUT",
         float,
         "seconds a tokenization or forward pass may run before /health turns 503",
+    ),
+    (
+        "body_timeout",
+        "BODY_TIMEOUT",
+        float,
+        "seconds a request body may take to arrive; beyond it 408 and the connection closes",
+    ),
+    (
+        "max_concurrent_requests",
+        "MAX_CONCURRENT_REQUESTS",
+        int,
+        "requests in progress at once (probes aside); beyond it 503 + Retry-After, body unread",
     ),
 )
 
@@ -184,6 +199,10 @@ def validate(settings: Settings) -> list[str]:
     for name in ("batch_timeout", "drain_delay"):
         if getattr(settings, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must not be negative")
+    if not 0 < settings.body_timeout < math.inf:
+        problems.append(f"--body-timeout must be a finite number of seconds > 0, got {settings.body_timeout}")
+    if settings.max_concurrent_requests < 1:
+        problems.append("--max-concurrent-requests must be at least 1")
     if settings.log_level not in ("debug", "info", "warning", "error", "critical"):
         problems.append("--log-level must be debug, info, warning, error or critical")
     if settings.log_format not in ("text", "json"):

@@ -37,8 +37,9 @@ class ServiceError(Exception):
 
     @property
     def close_connection(self) -> bool:
-        """Whether the connection must close: a body refused unread leaves the stream mid-request."""
-        return self.status == 413
+        """Whether the connection must close: a body refused unread, or not all received, leaves the
+        stream mid-request."""
+        return self.status in (408, 413)
 
     @property
     def retry_after_header(self) -> str | None:
@@ -112,3 +113,10 @@ class Draining(Unavailable):
 class RequestTimeout(ServiceError):
     status = 504
     kind = "timeout"
+
+
+class BodyTimeout(ServiceError):
+    """The request body did not arrive within its deadline; the connection is closed after the answer."""
+
+    status = 408
+    kind = "body_timeout"

@@ -8,6 +8,7 @@ written to per-process files and `/metrics` merges every live worker's.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +25,19 @@ from prometheus_client.multiprocess import MultiProcessCollector
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REQUEST_STATUSES = ("success", "error", "timeout", "rejected", "cancelled")
+
+# The label values HTTP series may take: a client cannot add any.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST"})  # anything else is OTHER
+HTTP_STATUSES = frozenset({200, 400, 401, 404, 405, 408, 413, 415, 422, 499, 500, 503, 504})
+
+
+def _method_label(method: str) -> str:
+    return method if method in HTTP_METHODS else "OTHER"
+
+
+def _status_label(status: int) -> str:
+    return str(status) if status in HTTP_STATUSES else "other"
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256)
@@ -92,13 +106,19 @@ class Metrics:
         self.http_requests = Counter(
             "http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
         )
-        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._http_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self.http_duration = Histogram(
             "http_request_duration_seconds",
             "HTTP request duration",
             ["route"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
+        )
+        self.http_in_progress = Gauge(
+            "http_requests_in_progress",
+            "HTTP requests counted against --max-concurrent-requests and not yet answered",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.loop_lag = Histogram(
             "event_loop_lag_seconds",
@@ -130,16 +150,28 @@ class Metrics:
         )
 
     def count_http(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
+        """Count one answered request. `route` must come from the route table (or be `unmatched`),
+        never from the client; the method and status labels are bounded here."""
+        key = (route, _method_label(method), _status_label(status))
         children = self._http_children.get(key)
         if children is None:
             children = (
-                self.http_requests.labels(route=route, method=method, status=str(status)),
+                self.http_requests.labels(route=route, method=key[1], status=key[2]),
                 self.http_duration.labels(route=route),
             )
             self._http_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def prepare_http(self, routes: Iterable[tuple[str, str, Iterable[int]]]) -> None:
+        """Create the HTTP series of the given (route, method, statuses) at zero, so they exist from
+        start-up, before the first request."""
+        for route, method, statuses in routes:
+            self.http_duration.labels(route=route)
+            for status in statuses:
+                self.http_requests.labels(
+                    route=route, method=_method_label(method), status=_status_label(status)
+                )
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics text and its content type; all live workers' in multiprocess mode."""

@@ -14,8 +14,6 @@ log = logging.getLogger("trio_infer.http.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TIMEOUT_HEADER = "X-Request-Timeout"
-# Routes that stay open with --api-key: probes, scrapers and the documentation.
-OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json")
 _MAX_REQUEST_ID = 128
 
 # Generated ids: a random per-process prefix and a counter (unique without a uuid4's urandom call).
@@ -31,10 +29,10 @@ def request_id(supplied: str | None) -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-def check_api_key(path: str, authorization: str | None, api_key: bytes | None) -> None:
-    """Raise Unauthorized unless `path` is open or `authorization` is `Bearer <api_key>` (compared in
-    constant time)."""
-    if api_key is None or path.startswith(OPEN_PATHS):
+def check_api_key(authorization: str | None, api_key: bytes | None) -> None:
+    """Raise Unauthorized unless there is no key or `authorization` is `Bearer <api_key>` (compared in
+    constant time). Which routes are open is the route table's business (`Route.open`)."""
+    if api_key is None:
         return
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):

@@ -6,10 +6,8 @@ from typing import TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from quart import Request
-from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..core.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from ..core.errors import InvalidJSON, UnsupportedMediaType, ValidationFailed
 from .schemas import describe_validation_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -21,35 +19,41 @@ def _is_json(mimetype: str) -> bool:
     )
 
 
-async def read_model(request: Request, model: type[M]) -> M:
-    """The body parsed and validated as `model`.
-
-    Raises UnsupportedMediaType (415) for a non-JSON content type, PayloadTooLarge (413) past the
-    app's MAX_CONTENT_LENGTH (checked against Content-Length before reading), InvalidJSON (400) for
-    bytes that are not JSON (including invalid UTF-8 and lone surrogates), ValidationFailed (422).
-    """
-    check_content_type(request.mimetype)
-    try:
-        data = await request.get_data(cache=False, as_text=False)
-    except RequestEntityTooLarge as error:
-        raise PayloadTooLarge(f"the body exceeds {request.max_content_length} bytes") from error
-    return parse_model(data, model)
+def media_type(content_type: str | None) -> str:
+    """The media type of a Content-Type header value, lower-case, without parameters."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def check_content_type(mimetype: str) -> None:
-    """Raise UnsupportedMediaType unless `mimetype` (no parameters) is JSON."""
+def check_content_type(content_type: str | None) -> None:
+    """Raise UnsupportedMediaType (415) unless the Content-Type header value is JSON."""
+    mimetype = media_type(content_type)
     if not _is_json(mimetype):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {mimetype or 'nothing'!r}")
 
 
-def parse_model(data: bytes | str, model: type[M]) -> M:
-    """`data` parsed as JSON and validated as `model` (InvalidJSON 400, ValidationFailed 422)."""
+def parse_model(data: bytes, model: type[M]) -> M:
+    """`data` parsed as JSON and validated as `model`.
+
+    Raises InvalidJSON (400) for an empty body, bytes that are not UTF-8, and text that is not JSON
+    (including lone surrogates, nesting or numbers beyond the parser); ValidationFailed (422) for JSON
+    that is not a valid `model`.
+    """
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as error:
-        raise InvalidJSON(f"the body is not valid JSON: {error.msg}") from error
+        raise InvalidJSON(_json_problem(data, error)) from error
     try:
         return model.model_validate(value)
     except ValidationError as error:
         detail, field = describe_validation_error(error)
         raise ValidationFailed(detail, param=field) from error
+
+
+def _json_problem(data: bytes, error: orjson.JSONDecodeError) -> str:
+    if not data.strip():
+        return "the body is empty: send a JSON object"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the body is not valid UTF-8"
+    return f"the body is not valid JSON: {error.msg}"

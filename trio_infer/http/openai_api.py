@@ -1,58 +1,35 @@
 """The OpenAI-compatible API: `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/<id>`.
 
 Errors under `/v1` use OpenAI's nested shape `{"error": {"message", "type", "param", "code"}}` with the
-same statuses as the native API (the app's error handlers pick the shape by path).
+same statuses as the native API (the pipeline picks the shape by path).
 """
 
 from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-from quart import Blueprint, Response, current_app, g, request
-from quart.blueprints import BlueprintSetupState
-from quart_schema import document_request, document_response
 
 from ..core import errors
 from ..core.jobs import Vector
 from ..core.service import EmbeddingService
 from . import access
-from .bodies import read_model
 from .openai_schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList, ModelObject, OpenAIErrorResponse
-from .responses import json_response
-from .throttle import release_work_slot
+from .responses import Reply, json_reply
+from .routes import Request, Route
 
 OWNED_BY = "trio-infer"
-_CREATED_KEY = "openai_model_created"
-
-blueprint = Blueprint("openai", __name__, url_prefix="/v1")
-
-
-@blueprint.record_once
-def _remember_load_time(state: BlueprintSetupState) -> None:
-    # The app is created once the model has loaded, so this is the model's `created` time.
-    state.app.extensions[_CREATED_KEY] = int(time.time())
-
-
-def _service() -> EmbeddingService:
-    service: EmbeddingService = current_app.extensions["embedding_service"]
-    return service
+_TIMEOUT_HEADER = access.TIMEOUT_HEADER.lower()
 
 
 def _model_names(service: EmbeddingService) -> tuple[str, str]:
     return service.model_name, service.model_name.rsplit("/", 1)[-1]
 
 
-def _model_object(service: EmbeddingService) -> dict[str, Any]:
-    return {
-        "id": service.model_name,
-        "object": "model",
-        "created": current_app.extensions.get(_CREATED_KEY, 0),
-        "owned_by": OWNED_BY,
-    }
+def _model_object(service: EmbeddingService, created: int) -> dict[str, Any]:
+    return {"id": service.model_name, "object": "model", "created": created, "owned_by": OWNED_BY}
 
 
 def _check_model(service: EmbeddingService, model: str) -> None:
@@ -86,83 +63,80 @@ def _encode(vector: Vector, encoding_format: str | None) -> Any:
     return vector
 
 
-_ERRORS_DOCUMENTED = (400, 401, 404, 413, 415, 422, 500, 503, 504)
+_EMBEDDINGS_ERRORS = (400, 401, 404, 408, 413, 415, 422, 500, 503, 504)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _document_errors(*statuses: int) -> Callable[[F], F]:
+def _errors(*statuses: int) -> dict[int, Any]:
     """OpenAI's error shape in /openapi.json for each of `statuses`."""
-
-    def decorate(func: F) -> F:
-        for status in statuses:
-            func = document_response(OpenAIErrorResponse, status)(func)
-        return func
-
-    return decorate
+    return dict.fromkeys(statuses, OpenAIErrorResponse)
 
 
-@blueprint.post("/embeddings")
-@document_request(EmbeddingsRequest)
-@document_response(EmbeddingsResponse, 200)
-@_document_errors(*_ERRORS_DOCUMENTED)
-async def create_embeddings() -> Response:
-    """Embed a text or a list of texts (OpenAI-compatible).
+def routes(service: EmbeddingService) -> list[Route]:
+    # The routes are built once the model has loaded, so this is the model's `created` time.
+    created = int(time.time())
 
-    Each text is batched with other requests' texts; `usage` counts the model's own tokens (after
-    truncation to its maximum). A list is admitted whole or refused with 503 (`Retry-After`).
-    Token id arrays are refused with 400 `token_ids_not_supported`: send text.
-    """
+    async def create_embeddings(request: Request) -> Reply:
+        """Embed a text or a list of texts (OpenAI-compatible).
 
-    service = _service()
-    body = await read_model(request, EmbeddingsRequest)
-    _check_model(service, body.model)
-    _check_dimensions(service, body.dimensions)
-    ticket = service.admit(
-        body.input,
-        time_limit=access.parse_timeout(request.headers.get(access.TIMEOUT_HEADER)),
-        request_id=g.request_id,
-    )
-    release_work_slot()  # waiting for the model is no event-loop work
-    jobs = await service.wait(ticket)
-    data = []
-    prompt_tokens = 0
-    for index, job in enumerate(jobs):
-        assert job.vector is not None  # a finished job without an error has its vector
-        vector = job.vector
-        if body.dimensions is not None and body.dimensions < vector.shape[0]:
-            vector = _shorten(vector, body.dimensions)
-        data.append(
-            {"object": "embedding", "index": index, "embedding": _encode(vector, body.encoding_format)}
+        Each text is batched with other requests' texts; `usage` counts the model's own tokens (after
+        truncation to its maximum). A list is admitted whole or refused with 503 (`Retry-After`).
+        Token id arrays are refused with 400 `token_ids_not_supported`: send text.
+        """
+        body: EmbeddingsRequest = request.body
+        _check_model(service, body.model)
+        _check_dimensions(service, body.dimensions)
+        ticket = service.admit(
+            body.input,
+            time_limit=access.parse_timeout(request.headers.get(_TIMEOUT_HEADER)),
+            request_id=request.request_id,
         )
-        prompt_tokens += job.n_tokens
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "model": service.model_name,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }
-    )
+        request.slot.release()  # waiting for the model is no event-loop work
+        jobs = await service.wait(ticket)
+        data = []
+        prompt_tokens = 0
+        for index, job in enumerate(jobs):
+            assert job.vector is not None  # a finished job without an error has its vector
+            vector = job.vector
+            if body.dimensions is not None and body.dimensions < vector.shape[0]:
+                vector = _shorten(vector, body.dimensions)
+            data.append(
+                {"object": "embedding", "index": index, "embedding": _encode(vector, body.encoding_format)}
+            )
+            prompt_tokens += job.n_tokens
+        return json_reply(
+            {
+                "object": "list",
+                "data": data,
+                "model": service.model_name,
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+            }
+        )
+
+    async def list_models(request: Request) -> Reply:
+        """The one model this server serves (OpenAI-compatible)."""
+        return json_reply({"object": "list", "data": [_model_object(service, created)]})
+
+    async def retrieve_model(request: Request) -> Reply:
+        """The served model, by its full or short name; 404 `model_not_found` otherwise."""
+        _check_model(service, request.params["model_id"])
+        return json_reply(_model_object(service, created))
+
+    return [
+        Route(
+            "/v1/embeddings",
+            "POST",
+            create_embeddings,
+            body=EmbeddingsRequest,
+            responses={200: EmbeddingsResponse, **_errors(*_EMBEDDINGS_ERRORS)},
+        ),
+        Route("/v1/models", "GET", list_models, responses={200: ModelList, **_errors(401, 500)}),
+        Route(
+            "/v1/models/{model_id:path}",
+            "GET",
+            retrieve_model,
+            responses={200: ModelObject, **_errors(401, 404, 500)},
+        ),
+    ]
 
 
-@blueprint.get("/models")
-@document_response(ModelList, 200)
-@_document_errors(401, 500)
-async def list_models() -> Response:
-    """The one model this server serves (OpenAI-compatible)."""
-    return json_response({"object": "list", "data": [_model_object(_service())]})
-
-
-@blueprint.get("/models/<path:model_id>")
-@document_response(ModelObject, 200)
-@_document_errors(401, 404, 500)
-async def retrieve_model(model_id: str) -> Response:
-    """The served model, by its full or short name; 404 `model_not_found` otherwise."""
-    service = _service()
-    _check_model(service, model_id)
-    return json_response(_model_object(service))
-
-
-__all__ = ["blueprint"]
+__all__ = ["routes"]

@@ -1,65 +1,16 @@
-"""Cheap answers to `/health` and `/ready` ahead of the framework.
-
-Kubernetes probes must answer within their timeout even while the event loop is busy taking in a
-burst of requests; skipping Quart's request machinery keeps each probe to a few microseconds of
-loop time. The routes in `app.py` document the same bodies (and serve them if this is bypassed).
-"""
+"""What orchestrators and scrapers call: `/health`, `/ready` (probes: never refused for load) and
+`/metrics`. All three are open with `--api-key`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 
-if TYPE_CHECKING:
-    from hypercorn.typing import (
-        ASGIReceiveCallable,
-        ASGISendCallable,
-        HTTPResponseBodyEvent,
-        HTTPResponseStartEvent,
-        Scope,
-    )
-
-    from ..core.service import EmbeddingService
-
-ASGIApp = Any
-
-
-class ProbeMiddleware:
-    def __init__(self, app: ASGIApp, service: EmbeddingService) -> None:
-        self.app = app
-        self.service = service
-
-    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] in ("GET", "HEAD")
-            and scope["path"] in ("/health", "/ready")
-        ):
-            body, status = (health_body if scope["path"] == "/health" else ready_body)(self.service)
-            payload = orjson.dumps(body)
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ]
-            for name, value in scope.get("headers", ()):
-                if name == b"x-request-id":
-                    headers.append((b"x-request-id", value))
-            start: HTTPResponseStartEvent = {
-                "type": "http.response.start",
-                "status": status,
-                "headers": headers,
-                "trailers": False,
-            }
-            await send(start)
-            body_event: HTTPResponseBodyEvent = {
-                "type": "http.response.body",
-                "body": payload if scope["method"] == "GET" else b"",
-                "more_body": False,
-            }
-            await send(body_event)
-            return
-        await self.app(scope, receive, send)
+from ..core.service import EmbeddingService
+from .responses import Reply, json_reply
+from .routes import Request, Route
+from .schemas import HealthResponse, ReadyResponse
 
 
 def health_body(service: EmbeddingService) -> tuple[dict[str, Any], int]:
@@ -71,3 +22,48 @@ def ready_body(service: EmbeddingService) -> tuple[dict[str, Any], int]:
     if service.ready():
         return {"status": "ready"}, 200
     return {"status": "not ready"}, 503
+
+
+def routes(service: EmbeddingService) -> list[Route]:
+    async def health(request: Request) -> Reply:
+        """Liveness: 503 when the batcher is down or a forward pass hangs past the watchdog limit."""
+        return json_reply(*health_body(service))
+
+    async def ready(request: Request) -> Reply:
+        """Readiness: 503 during start-up and from the first moment of shutdown."""
+        return json_reply(*ready_body(service))
+
+    async def metrics(request: Request) -> Reply:
+        """Prometheus exposition of every metric (all workers' with --workers > 1)."""
+        body, content_type = service.metrics.exposition()
+        return Reply(body, content_type=content_type.encode())
+
+    return [
+        Route(
+            "/health",
+            "GET",
+            health,
+            responses={200: HealthResponse, 503: HealthResponse},
+            open=True,
+            capped=False,
+            probe=True,
+        ),
+        Route(
+            "/ready",
+            "GET",
+            ready,
+            responses={200: ReadyResponse, 503: ReadyResponse},
+            open=True,
+            capped=False,
+            probe=True,
+        ),
+        Route(
+            "/metrics",
+            "GET",
+            metrics,
+            open=True,
+            capped=False,
+            documented=False,
+            content_type=CONTENT_TYPE_LATEST.split(";")[0],
+        ),
+    ]

@@ -1,20 +1,30 @@
-"""JSON responses, and the one place where errors become HTTP responses."""
+"""Replies, and the one place where errors become HTTP responses."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from quart import Response
 
-from ..core.errors import ServiceError
+from ..core.errors import ServiceError, Unauthorized
 
-_JSON = "application/json"
+JSON = b"application/json"
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+@dataclass(slots=True)
+class Reply:
+    """What a handler answers: status, body bytes, content type and any further headers."""
+
+    body: bytes
+    status: int = 200
+    content_type: bytes = JSON
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def json_reply(body: Any, status: int = 200) -> Reply:
     """orjson, with numpy arrays serialised natively (a 384-float vector in ~20 us, not ~450 us)."""
-    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, mimetype=_JSON)
+    return Reply(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status)
 
 
 def error_body(error: ServiceError, *, openai: bool) -> dict[str, Any]:
@@ -35,10 +45,13 @@ def error_headers(error: ServiceError) -> dict[str, str]:
     headers = {}
     if error.retry_after_header is not None:
         headers["Retry-After"] = error.retry_after_header
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: a 401 names the scheme it wants
     if error.close_connection:
         headers["Connection"] = "close"
     return headers
 
 
-def error_response(error: ServiceError, *, openai: bool = False) -> Response:
-    return json_response(error_body(error, openai=openai), error.status, error_headers(error))
+def error_reply(error: ServiceError, *, openai: bool) -> Reply:
+    headers = [(name.lower().encode(), value.encode()) for name, value in error_headers(error).items()]
+    return Reply(orjson.dumps(error_body(error, openai=openai)), error.status, headers=headers)

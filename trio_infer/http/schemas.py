@@ -22,10 +22,10 @@ NOT_BLANK_PATTERN = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u2
 Text = Annotated[
     str,
     Field(
-        min_length=1,
         max_length=MAX_TEXT_CHARS,
         description="1-1024 characters, not whitespace only",
-        json_schema_extra={"pattern": NOT_BLANK_PATTERN},
+        # minLength is documented only: `_not_blank` refuses "" with the same words as "   ".
+        json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN},
     ),
     AfterValidator(_not_blank),
 ]
@@ -63,6 +63,8 @@ class ReadyResponse(BaseModel):
 # A body with thousands of unknown (or very long) keys must not get an error as large as itself.
 _MAX_REPORTED_ERRORS = 5
 _MAX_LOCATION_CHARS = 100
+# pydantic's wording for these names the model class ("... instance of EmbedRequest"): internal names.
+_NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type", "dict_type"})
 
 
 def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
@@ -78,6 +80,8 @@ def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
             message = "field required"
         elif item["type"] == "extra_forbidden":
             message = "unknown field"
+        elif item["type"] in _NOT_AN_OBJECT:
+            message = "must be a JSON object" if location else "the body must be a JSON object"
         parts.append(f"{location}: {message}" if location else message)
     if len(parts) > _MAX_REPORTED_ERRORS:
         parts[_MAX_REPORTED_ERRORS:] = [f"and {len(parts) - _MAX_REPORTED_ERRORS} more errors"]

@@ -1,0 +1,38 @@
+"""`GET /`: what this server is and where to look next."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from ..core.service import EmbeddingService
+from .responses import Reply, json_reply
+from .routes import Request, Route
+
+
+def version() -> str:
+    try:
+        return metadata.version("trio-infer")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+def routes(service: EmbeddingService) -> list[Route]:
+    index = {
+        "name": "trio-infer",
+        "version": version(),
+        "models": [service.model_name],
+        "links": {
+            "docs": "/docs",
+            "redoc": "/redoc",
+            "openapi": "/openapi.json",
+            "metrics": "/metrics",
+            "health": "/health",
+            "ready": "/ready",
+        },
+    }
+
+    async def root(request: Request) -> Reply:
+        """The server's name, version, models, and links to its documentation and metrics."""
+        return json_reply(index)
+
+    return [Route("/", "GET", root, open=True, documented=False)]

@@ -1,0 +1,43 @@
+"""The native API: `POST /embed`, one text in, its vector out."""
+
+from __future__ import annotations
+
+import orjson
+
+from ..core.service import EmbeddingService
+from . import access
+from .responses import Reply
+from .routes import Request, Route
+from .schemas import EmbedRequest, EmbedResponse, ErrorResponse
+
+_TIMEOUT_HEADER = access.TIMEOUT_HEADER.lower()
+ERROR_STATUSES = (400, 401, 408, 413, 415, 422, 500, 503, 504)
+
+
+def routes(service: EmbeddingService) -> list[Route]:
+    async def embed(request: Request) -> Reply:
+        """Embed one text.
+
+        Errors are JSON `{"error", "detail"}`. 503 (overloaded, not ready, shutting down) carries
+        `Retry-After` when retrying later can help. `X-Request-Timeout: <seconds>` shortens the deadline.
+        """
+        body: EmbedRequest = request.body
+        time_limit = access.parse_timeout(request.headers.get(_TIMEOUT_HEADER))
+        ticket = service.admit([body.input_text], time_limit=time_limit, request_id=request.request_id)
+        request.slot.release()  # waiting for the model is no event-loop work
+        jobs = await service.wait(ticket)
+        return Reply(
+            orjson.dumps(
+                {"embedding": jobs[0].vector, "model": service.model_name}, option=orjson.OPT_SERIALIZE_NUMPY
+            )
+        )
+
+    return [
+        Route(
+            "/embed",
+            "POST",
+            embed,
+            body=EmbedRequest,
+            responses={200: EmbedResponse, **dict.fromkeys(ERROR_STATUSES, ErrorResponse)},
+        )
+    ]
