@@ -1,8 +1,7 @@
-"""`--workers N`: a supervisor and N worker processes sharing one port with SO_REUSEPORT.
+"""`--workers N`: a supervisor and N worker processes serving one listening socket it bound.
 
 Real processes, real sockets, real signals (debug model). Every request goes over a fresh connection
-(the raw client sends `Connection: close`), so the kernel's SO_REUSEPORT hashing spreads them over
-the workers. Which worker served what is read from the per-process metric files in our own
+(the raw client sends `Connection: close`), so whichever worker accepts first takes it. Which worker served what is read from the per-process metric files in our own
 PROMETHEUS_MULTIPROC_DIR; `/metrics` must report their merged sum whichever worker answers it.
 """
 
@@ -16,13 +15,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 import trio
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.serverproc import ROOT, ServerProcess, get, parse_metrics, post_json
+from tests.serverproc import ROOT, ServerProcess, free_port, get, parse_metrics, post_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -72,7 +72,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, server: S
 
 
 def ready_lines(server: ServerProcess) -> int:
-    return len(re.findall(r"trio_infer\.serve: ready on", server.log()))
+    return len(re.findall(r"trio_infer\.runtime\.serve: ready on", server.log()))
 
 
 def successes_per_pid(metrics_dir: Path) -> dict[int, float]:
@@ -229,33 +229,94 @@ def test_workers_die_with_a_killed_supervisor(server: ServerProcess) -> None:
 
 
 def test_crash_loop_gives_up_and_cleans_up(tmp_path: Path) -> None:
-    """Port taken by a socket without SO_REUSEPORT: every worker fails to bind and exits 1."""
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        port = blocker.getsockname()[1]
-        env = {
-            **os.environ,
-            "MODEL_NAME": "debug",
-            "TMPDIR": str(tmp_path),  # the supervisor's own metrics directory goes here
-        }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        log_path = tmp_path / "supervisor.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.run(
-                [*SERVER_ARGV, "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                timeout=240,
-            )
+    """MODEL_NAME is an empty folder: every worker fails to load it and exits 1."""
+    empty_model = tmp_path / "not-a-model"
+    empty_model.mkdir()
+    env = {
+        **os.environ,
+        "MODEL_NAME": str(empty_model),
+        "HF_HUB_OFFLINE": "1",
+        "TMPDIR": str(tmp_path),  # the supervisor's own temporary directories go here
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_path = tmp_path / "supervisor.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.run(
+            [*SERVER_ARGV, "--workers", "2", "--host", "127.0.0.1", "--port", str(free_port())],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            timeout=400,
+        )
     log = log_path.read_text(errors="replace")
     assert proc.returncode == 1, log[-5000:]
     assert "unexpected worker exits within 60 s: giving up" in log
     assert re.search(r"metrics in .*trio-infer-metrics-", log)
-    assert not list(tmp_path.glob("trio-infer-metrics-*")), "temporary metrics directory left behind"
+    assert not list(tmp_path.glob("trio-infer-*")), "temporary directory left behind"
+
+
+def listening_inode(port: int) -> str:
+    """The inode of the socket listening on 127.0.0.1:`port` (from /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # 0A: LISTEN
+            return fields[9]
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def test_workers_share_the_one_socket_the_supervisor_bound(server: ServerProcess) -> None:
+    """One listening socket in the supervisor and every worker; no SO_REUSEPORT, so no other process
+    can join the port (before, each worker bound its own socket with SO_REUSEPORT)."""
+    workers = child_pids(server.pid)
+    assert len(workers) == 2
+    inode = listening_inode(server.port)
+    for pid in (server.pid, *workers):
+        assert inode in socket_inodes(pid), pid
+    with socket.socket() as intruder:
+        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        with pytest.raises(OSError):
+            intruder.bind(("127.0.0.1", server.port))
+
+
+async def test_worker_without_heartbeat_is_killed_and_replaced(metrics_dir: Path) -> None:
+    """A stopped worker (as good as a wedged event loop: alive, port open, nothing answered) misses
+    its heartbeats; the supervisor kills it and starts a replacement."""
+    proc = ServerProcess(
+        args=["--workers", "2", "--heartbeat-timeout", "5"],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "LOG_LEVEL": "info"},
+    )
+    proc.start(timeout=START_TIMEOUT)
+    victim: int | None = None
+    try:
+        wait_for(lambda: ready_lines(proc) >= 2, START_TIMEOUT, "both workers ready", proc)
+        workers = child_pids(proc.pid)
+        victim = min(workers)
+        os.kill(victim, signal.SIGSTOP)
+        wait_for(lambda: not alive(victim), START_TIMEOUT, "the silent worker to be killed", proc)
+        wait_for(lambda: ready_lines(proc) >= 3, START_TIMEOUT, "the replacement worker", proc)
+        log = proc.log()
+        assert re.search(rf"\(pid {victim}\) sent no heartbeat for [\d.]+ s: killing it", log), log[-3000:]
+        now = child_pids(proc.pid)
+        assert len(now) == 2 and victim not in now
+        assert await send_embeds(proc.port, 20, tag="after") == [200] * 20
+        assert stop(proc) == 0, proc.log()[-5000:]
+    finally:
+        if victim is not None and alive(victim):
+            os.kill(victim, signal.SIGCONT)
+        proc.stop(timeout=STOP_TIMEOUT)
+        proc.log_path.unlink(missing_ok=True)
 
 
 def test_supervisor_does_not_import_prometheus_client() -> None:
