@@ -160,3 +160,12 @@ def test_version_flag() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("trio-infer ") and result.stdout.split()[1][0].isdigit()
+
+
+def test_readme_configuration_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Configuration") : readme.index("## Batching")]
+    for setting in SETTINGS:
+        assert f"`{setting.env}`" in section, setting.env
+        if setting.flag:
+            assert f"`{setting.option}`" in section, setting.option
