@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -22,7 +23,11 @@ import pytest
 import trio
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from tests.crashing_worker import exit_at_once
 from tests.serverproc import ROOT, ServerProcess, free_port, get, parse_metrics, post_json
+from trio_infer.config import Settings
+from trio_infer.runtime.listener import bind_listener
+from trio_infer.runtime.workers import run_workers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -228,33 +233,24 @@ def test_workers_die_with_a_killed_supervisor(server: ServerProcess) -> None:
     wait_for(lambda: not any(alive(pid) for pid in workers), STOP_TIMEOUT, "orphaned workers to exit", server)
 
 
-def test_crash_loop_gives_up_and_cleans_up(tmp_path: Path) -> None:
-    """MODEL_NAME is an empty folder: every worker fails to load it and exits 1."""
-    empty_model = tmp_path / "not-a-model"
-    empty_model.mkdir()
-    env = {
-        **os.environ,
-        "MODEL_NAME": str(empty_model),
-        "HF_HUB_OFFLINE": "1",
-        "TMPDIR": str(tmp_path),  # the supervisor's own temporary directories go here
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log_path = tmp_path / "supervisor.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.run(
-            [*SERVER_ARGV, "--workers", "2", "--host", "127.0.0.1", "--port", str(free_port())],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            timeout=400,
-        )
-    log = log_path.read_text(errors="replace")
-    assert proc.returncode == 1, log[-5000:]
-    assert "unexpected worker exits within 60 s: giving up" in log
-    assert re.search(r"metrics in .*trio-infer-metrics-", log)
+def test_crash_loop_gives_up_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers that exit at once (a real spawned process each) make the supervisor give up with 1,
+    leaving no worker, socket or temporary directory behind."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # run_workers would set it for the workers
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    listener = bind_listener("127.0.0.1", free_port())
+    settings = Settings(workers=2, host="127.0.0.1")
+    with caplog.at_level("INFO"):
+        status = run_workers(settings, listener, worker_main=exit_at_once)
+    assert status == 1
+    assert "unexpected worker exits within 60 s: giving up" in caplog.text
+    assert caplog.text.count("exited unexpectedly: exit status 3") == 5
+    assert listener.fileno() == -1
     assert not list(tmp_path.glob("trio-infer-*")), "temporary directory left behind"
+    assert not child_pids(os.getpid())
 
 
 def listening_inode(port: int) -> str:

@@ -55,7 +55,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing import connection, get_context
@@ -81,9 +81,14 @@ _SHUTDOWN_MARGIN = 10.0
 _PR_SET_PDEATHSIG = 1
 
 
-def run_workers(settings: Settings, listener: socket.socket) -> int:
+def run_workers(
+    settings: Settings, listener: socket.socket, *, worker_main: Callable[..., None] | None = None
+) -> int:
     """Run `settings.workers` worker processes serving `listener` (bound and listening) until
     SIGTERM/SIGINT; return the exit status. Takes ownership of `listener`.
+
+    `worker_main`: the workers' entry point (default `serve.main` in a worker; tests pass a
+    module-level stand-in with the same arguments, to drive the supervisor alone).
 
     Blocks the calling (main) thread for the service's lifetime; see the module docstring for the
     signal, restart, exit-status and clean-up contract.
@@ -99,7 +104,7 @@ def run_workers(settings: Settings, listener: socket.socket) -> int:
                 "on" if settings.api_key else "off",
                 metrics_dir,
             )
-            return _Supervisor(settings, listener, Path(run_dir) / "calibration.json").run()
+            return _Supervisor(settings, listener, Path(run_dir) / "calibration.json", worker_main).run()
 
 
 def _share_cores(workers: int) -> None:
@@ -162,6 +167,7 @@ class _Supervisor:
     settings: Settings
     listener: socket.socket
     calibration_file: Path
+    worker_main: Callable[..., None] | None = None  # None: _worker_main
     slots: list[_Slot] = field(default_factory=list)
     crashes: deque[float] = field(default_factory=deque)
     signals: list[int] = field(default_factory=list)
@@ -294,7 +300,7 @@ class _Supervisor:
         beats.setblocking(False)
         # The sockets are passed by descriptor: 'spawn' duplicates them into the child at start.
         process = self._context.Process(
-            target=_worker_main,
+            target=self.worker_main or _worker_main,
             args=(
                 self.settings,
                 os.getpid(),
