@@ -93,3 +93,42 @@ def test_no_other_process_can_join_the_port() -> None:
             intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             with pytest.raises(OSError):
                 intruder.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize(("args", "state"), [((), "off"), (("--api-key", "k3y"), "on")])
+def test_start_log_says_whether_authentication_is_on(args: tuple[str, ...], state: str) -> None:
+    from tests.serverproc import ServerProcess
+
+    with ServerProcess(args=args) as server:
+        log = server.log()
+    assert f"(authentication: {state}); loading the model" in log
+    assert f"authentication: {state})" in log.split("ready on", 1)[1]
+    assert "k3y" not in log
+
+
+def test_settings_in_the_shipped_manifests_are_valid() -> None:
+    """The environment the compose file and the Kubernetes manifests set passes the same checks."""
+    import yaml
+
+    from trio_infer.config import parse_settings, settings_table
+
+    known = {setting.env for setting in settings_table()}
+    envs: list[dict[str, str]] = []
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for service in compose["services"].values():
+        env = service.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(item.split("=", 1) for item in env)
+        envs.append({key: str(value) for key, value in env.items()})
+    for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "Deployment":
+                continue
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                envs.append({e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e})
+    checked = 0
+    for env in envs:
+        settings_env = {key: value for key, value in env.items() if key in known and "${" not in value}
+        parse_settings({}, settings_env)  # raises SettingError naming a bad value
+        checked += len(settings_env)
+    assert checked > 0
