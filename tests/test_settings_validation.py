@@ -10,6 +10,7 @@ import math
 import subprocess
 import sys
 
+import orjson
 import pytest
 
 from tests.serverproc import ROOT
@@ -169,3 +170,17 @@ def test_readme_configuration_lists_every_setting() -> None:
         assert f"`{setting.env}`" in section, setting.env
         if setting.flag:
             assert f"`{setting.option}`" in section, setting.option
+
+
+def test_errors_are_json_when_json_logs_were_asked_for(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, env in (
+        (["--log-format", "json", "--port", "abc"], {}),
+        (["--port=abc"], {"LOG_FORMAT": "JSON"}),
+        (["--log-format=json", "--no-such-flag"], {}),
+    ):
+        with pytest.raises(SystemExit) as caught:
+            load_settings(argv, env=env)
+        assert caught.value.code == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        entry = orjson.loads(line)
+        assert entry["level"] == "critical" and entry["message"], entry

@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -304,10 +305,37 @@ def version() -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Errors are one line (no usage block) and exit with status 2."""
+    """Errors are one line (no usage block), a JSON object when JSON logs were asked for, and exit
+    with status 2."""
+
+    json_errors = False
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        text = f"{message} (see {self.prog} --help)"
+        if self.json_errors:
+            import json
+            import time
+
+            entry = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "level": "critical",
+                "logger": "trio_infer.config",
+                "message": text,
+            }
+            self.exit(2, json.dumps(entry) + "\n")
+        self.exit(2, f"{self.prog}: error: {text}\n")
+
+
+def _asks_for_json(argv: Sequence[str], env: Mapping[str, str]) -> bool:
+    """Whether `--log-format json` (or LOG_FORMAT=json) was given, read before parsing, so that even
+    an error in the other settings comes out as a JSON line."""
+    value = env.get("LOG_FORMAT", "")
+    for index, arg in enumerate(argv):
+        if arg == "--log-format" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("--log-format="):
+            value = arg.split("=", 1)[1]
+    return value.strip().lower() == "json"
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -369,7 +397,10 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
 
     Exits with status 2 and one line on stderr naming the first setting that cannot be used."""
     env = os.environ if env is None else env
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(env)
+    if isinstance(parser, _Parser):
+        parser.json_errors = _asks_for_json(argv, env)
     args = parser.parse_args(argv)
     try:
         return parse_settings(vars(args), env)
