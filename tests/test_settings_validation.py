@@ -184,3 +184,15 @@ def test_errors_are_json_when_json_logs_were_asked_for(capsys: pytest.CaptureFix
         (line,) = capsys.readouterr().err.splitlines()
         entry = orjson.loads(line)
         assert entry["level"] == "critical" and entry["message"], entry
+
+
+def test_switch_kind_parses_on_and_off_and_refuses_the_rest() -> None:
+    """The kind is ready for on/off settings (e.g. --http2); a bare `--flag` means on."""
+    from trio_infer.config import Switch
+
+    kind = Switch()
+    assert [kind.parse(v) for v in ("on", "TRUE", "1", "yes")] == [True] * 4
+    assert [kind.parse(v) for v in ("off", "False", "0", "no")] == [False] * 4
+    for bad in BAD_VALUES:
+        with pytest.raises(ValueError, match="must be on or off"):
+            kind.parse(bad)

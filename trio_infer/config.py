@@ -1,7 +1,7 @@
 """Service settings: one frozen dataclass, filled from flags that fall back to environment variables.
 
 Every setting is declared once, in `_FLAGS`, with the kind of value it takes (`Seconds`, `Integer`,
-`Choice`, `Text`, `TokenBudget`). The kind parses the raw string and states what is allowed, so a
+`Choice`, `Text`, `Switch`, `TokenBudget`). The kind parses the raw string and states what is allowed, so a
 value a setting cannot work with (`nan`, `inf`, out of range, a word where a number belongs) is
 refused at start, before anything loads, with one line such as
 `--batch-timeout: must be a finite number of seconds >= 0, got nan` and exit status 2.
@@ -171,6 +171,27 @@ class Text(Kind):
 
     def describe(self) -> str:
         return self.what
+
+
+@dataclass(frozen=True)
+class Switch(Kind):
+    """On or off: `--flag` alone means on; `--flag=off`, `VAR=1`, `VAR=false`... (case-insensitive)."""
+
+    metavar = "on|off"
+
+    _ON = ("1", "true", "yes", "on")
+    _OFF = ("0", "false", "no", "off")
+
+    def parse(self, raw: str) -> bool:
+        value = raw.strip().lower()
+        if value in self._ON:
+            return True
+        if value in self._OFF:
+            return False
+        raise ValueError(f"must be {self.describe()}")
+
+    def describe(self) -> str:
+        return "on or off (also true/false, yes/no, 1/0)"
 
 
 @dataclass(frozen=True)
@@ -355,12 +376,16 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
             continue
         default = getattr(defaults, setting.name)
         shown = "auto" if setting.name == "max_batch_tokens" else ("none" if default is None else default)
+        if isinstance(shown, bool):
+            shown = "on" if shown else "off"
+        switch: dict[str, Any] = {"nargs": "?", "const": "on"} if isinstance(setting.kind, Switch) else {}
         parser.add_argument(
             setting.option,
             dest=setting.name,
             default=None,
             metavar=setting.kind.metavar,
             help=f"{setting.help}; {setting.kind.describe()} [env {setting.env}, default {shown}]",
+            **switch,
         )
     return parser
 
@@ -422,6 +447,7 @@ __all__ = [
     "Setting",
     "SettingError",
     "Settings",
+    "Switch",
     "Text",
     "TokenBudget",
     "build_parser",
