@@ -68,3 +68,21 @@ def test_python_warnings_are_json_records(restore_root: None, capfd: pytest.Capt
     entries = [orjson.loads(line) for line in err.splitlines()]
     assert [entry["logger"] for entry in entries] == ["py.warnings", "transformers"], err
     assert "a library complains" in entries[0]["message"] and all(e["worker"] == 1 for e in entries)
+
+
+def test_hugging_face_messages_are_printed_once_in_our_format(
+    restore_root: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """huggingface_hub and transformers attach stderr handlers of their own: adopted, a message is
+    one JSON line instead of a plain line plus a JSON one (or a plain one only)."""
+    from trio_infer.runtime.logs import adopt_library_loggers
+
+    configure_logging("info", "json")
+    adopt_library_loggers()
+    logging.getLogger("huggingface_hub.file_download").warning("cannot reach the hub")
+    logging.getLogger("transformers.modeling_utils").warning("some weights were not used")
+    lines = capfd.readouterr().err.splitlines()
+    assert [orjson.loads(line)["message"] for line in lines] == [
+        "cannot reach the hub",
+        "some weights were not used",
+    ], lines
