@@ -4,14 +4,18 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 PORT ?= 8001
 # The CPU build of torch, used where no NVIDIA GPU is present (a plain `torch` requirement pulls a multi-GB CUDA build).
 TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install start-inference test lint bench system-deps build up down clean
+.PHONY: install install-dev start-inference test lint bench system-deps build up down clean
 
+# `install`: only what serving needs. `install-dev` adds the test and lint tooling ([dev] extra).
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,12 +25,16 @@ $(STAMP): pyproject.toml
 		echo "no GPU: installing the CPU build of torch"; \
 		$(PY) -m pip install "$(TORCH_CPU_SPEC)" || $(PY) -m pip install torch --index-url $(TORCH_CPU_INDEX); \
 	fi
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -e '.[dev]'
+	touch $(DEV_STAMP)
 
 start-inference: install
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-$$( [ -z "$$MODEL_NAME" ] && echo 1 || echo 0 )} \
-		$(PY) -m trio_infer --port $(PORT)
+		$(VENV)/bin/trio-infer --port $(PORT)
 
 # Debian packages the test suite drives for real (Prometheus for the monitoring tests).
 system-deps:
@@ -35,16 +43,16 @@ system-deps:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
 		else echo "prometheus/promtool missing: install the Debian package 'prometheus'"; fi; }
 
-test: install system-deps
+test: install-dev system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-lint: install
+lint: install-dev
 	$(PY) -m ruff check trio_infer tests bench
 	$(PY) -m ruff format --check trio_infer tests bench
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 
-bench: install
+bench: install-dev
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	HF_HUB_OFFLINE=1 $(PY) -m bench

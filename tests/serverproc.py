@@ -23,32 +23,13 @@ import orjson
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from trio_infer.config import settings_table
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Every setting the CLI reads from the environment: a server under test starts from the defaults
 # (above all no API key and one worker) whatever the calling shell exports; tests pass their own.
-SETTINGS_ENV = (
-    "HOST",
-    "PORT",
-    "MAX_BATCH_SIZE",
-    "BATCH_TIMEOUT",
-    "NUM_BATCHING_WORKERS",
-    "REQUEST_TIMEOUT",
-    "GRACEFUL_TIMEOUT",
-    "DRAIN_DELAY",
-    "LOG_LEVEL",
-    "LOG_FORMAT",
-    "MAX_BATCH_TOKENS",
-    "MAX_QUEUE_SIZE",
-    "MAX_BODY_SIZE",
-    "API_KEY",
-    "WORKERS",
-    "WATCHDOG_TIMEOUT",
-    "MODEL_NAME",
-    "DEVICE",
-    "BODY_TIMEOUT",
-    "MAX_CONCURRENT_REQUESTS",
-)
+SETTINGS_ENV = tuple(setting.env for setting in settings_table())
 
 
 def free_port() -> int:

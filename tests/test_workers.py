@@ -1,8 +1,7 @@
-"""`--workers N`: a supervisor and N worker processes sharing one port with SO_REUSEPORT.
+"""`--workers N`: a supervisor and N worker processes serving one listening socket it bound.
 
 Real processes, real sockets, real signals (debug model). Every request goes over a fresh connection
-(the raw client sends `Connection: close`), so the kernel's SO_REUSEPORT hashing spreads them over
-the workers. Which worker served what is read from the per-process metric files in our own
+(the raw client sends `Connection: close`), so whichever worker accepts first takes it. Which worker served what is read from the per-process metric files in our own
 PROMETHEUS_MULTIPROC_DIR; `/metrics` must report their merged sum whichever worker answers it.
 """
 
@@ -14,15 +13,21 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 import trio
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.serverproc import ROOT, ServerProcess, get, parse_metrics, post_json
+from tests.crashing_worker import exit_at_once
+from tests.serverproc import ROOT, ServerProcess, free_port, get, parse_metrics, post_json
+from trio_infer.config import Settings
+from trio_infer.runtime.listener import bind_listener
+from trio_infer.runtime.workers import run_workers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -72,7 +77,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, server: S
 
 
 def ready_lines(server: ServerProcess) -> int:
-    return len(re.findall(r"trio_infer\.serve: ready on", server.log()))
+    return len(re.findall(r"trio_infer\.runtime\.serve: ready on", server.log()))
 
 
 def successes_per_pid(metrics_dir: Path) -> dict[int, float]:
@@ -228,34 +233,86 @@ def test_workers_die_with_a_killed_supervisor(server: ServerProcess) -> None:
     wait_for(lambda: not any(alive(pid) for pid in workers), STOP_TIMEOUT, "orphaned workers to exit", server)
 
 
-def test_crash_loop_gives_up_and_cleans_up(tmp_path: Path) -> None:
-    """Port taken by a socket without SO_REUSEPORT: every worker fails to bind and exits 1."""
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        port = blocker.getsockname()[1]
-        env = {
-            **os.environ,
-            "MODEL_NAME": "debug",
-            "TMPDIR": str(tmp_path),  # the supervisor's own metrics directory goes here
-        }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        log_path = tmp_path / "supervisor.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.run(
-                [*SERVER_ARGV, "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                timeout=240,
-            )
-    log = log_path.read_text(errors="replace")
-    assert proc.returncode == 1, log[-5000:]
-    assert "unexpected worker exits within 60 s: giving up" in log
-    assert re.search(r"metrics in .*trio-infer-metrics-", log)
-    assert not list(tmp_path.glob("trio-infer-metrics-*")), "temporary metrics directory left behind"
+def test_crash_loop_gives_up_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers that exit at once (a real spawned process each) make the supervisor give up with 1,
+    leaving no worker, socket or temporary directory behind."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # run_workers would set it for the workers
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    listener = bind_listener("127.0.0.1", free_port())
+    settings = Settings(workers=2, host="127.0.0.1")
+    with caplog.at_level("INFO"):
+        status = run_workers(settings, listener, worker_main=exit_at_once)
+    assert status == 1
+    assert "unexpected worker exits within 60 s: giving up" in caplog.text
+    assert caplog.text.count("exited unexpectedly: exit status 3") == 5
+    assert listener.fileno() == -1
+    assert not list(tmp_path.glob("trio-infer-*")), "temporary directory left behind"
+    assert not child_pids(os.getpid())
+
+
+def listening_inode(port: int) -> str:
+    """The inode of the socket listening on 127.0.0.1:`port` (from /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # 0A: LISTEN
+            return fields[9]
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def test_workers_share_the_one_socket_the_supervisor_bound(server: ServerProcess) -> None:
+    """One listening socket in the supervisor and every worker; no SO_REUSEPORT, so no other process
+    can join the port (before, each worker bound its own socket with SO_REUSEPORT)."""
+    workers = child_pids(server.pid)
+    assert len(workers) == 2
+    inode = listening_inode(server.port)
+    for pid in (server.pid, *workers):
+        assert inode in socket_inodes(pid), pid
+    with socket.socket() as intruder:
+        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        with pytest.raises(OSError):
+            intruder.bind(("127.0.0.1", server.port))
+
+
+async def test_worker_without_heartbeat_is_killed_and_replaced(metrics_dir: Path) -> None:
+    """A stopped worker (as good as a wedged event loop: alive, port open, nothing answered) misses
+    its heartbeats; the supervisor kills it and starts a replacement."""
+    proc = ServerProcess(
+        args=["--workers", "2", "--heartbeat-timeout", "5"],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "LOG_LEVEL": "info"},
+    )
+    proc.start(timeout=START_TIMEOUT)
+    victim: int | None = None
+    try:
+        wait_for(lambda: ready_lines(proc) >= 2, START_TIMEOUT, "both workers ready", proc)
+        workers = child_pids(proc.pid)
+        victim = min(workers)
+        os.kill(victim, signal.SIGSTOP)
+        wait_for(lambda: not alive(victim), START_TIMEOUT, "the silent worker to be killed", proc)
+        wait_for(lambda: ready_lines(proc) >= 3, START_TIMEOUT, "the replacement worker", proc)
+        log = proc.log()
+        assert re.search(rf"\(pid {victim}\) sent no heartbeat for [\d.]+ s: killing it", log), log[-3000:]
+        now = child_pids(proc.pid)
+        assert len(now) == 2 and victim not in now
+        assert await send_embeds(proc.port, 20, tag="after") == [200] * 20
+        assert stop(proc) == 0, proc.log()[-5000:]
+    finally:
+        if victim is not None and alive(victim):
+            os.kill(victim, signal.SIGCONT)
+        proc.stop(timeout=STOP_TIMEOUT)
+        proc.log_path.unlink(missing_ok=True)
 
 
 def test_supervisor_does_not_import_prometheus_client() -> None:

@@ -1,13 +1,20 @@
-"""`trio-infer` / `python -m trio_infer`: parse settings, set up logging, run one or several workers."""
+"""`trio-infer` / `python -m trio_infer`: parse settings, set up logging, bind, run one or several workers.
+
+Order matters for a new user's first minute: settings are checked (exit 2), then the port is bound
+(exit 1 with one line naming `host:port` and the cause), both before anything slow is imported or
+loaded.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Sequence
 
 from .config import load_settings
-from .runtime.logs import configure_logging, exit_now
+from .runtime.listener import BindError, bind_listener
+from .runtime.logs import SUPERVISOR, configure_logging, exit_now
 
 log = logging.getLogger("trio_infer")
 
@@ -15,17 +22,28 @@ log = logging.getLogger("trio_infer")
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(argv)
     # The supervisor of several workers logs rarely and runs no flushing task: write through.
-    configure_logging(settings.log_level, settings.log_format, buffered=settings.workers == 1)
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        buffered=settings.workers == 1,
+        worker=SUPERVISOR if settings.workers > 1 else None,
+    )
+    try:
+        listener = bind_listener(settings.host, settings.port)
+    except BindError as error:
+        # One line; the traceback only for those who asked for it.
+        log.critical("%s", error, exc_info=error if settings.log_level == "debug" else None)
+        exit_now(1)
     if settings.workers > 1:
         from .runtime.workers import run_workers
 
-        sys.exit(run_workers(settings))
+        sys.exit(run_workers(settings, listener))
     import trio
 
     from .runtime.serve import main as serve_main
 
     try:
-        trio.run(serve_main, settings)
+        trio.run(functools.partial(serve_main, settings, listener=listener))
     except BaseException as error:
         if isinstance(error, KeyboardInterrupt | SystemExit):
             raise

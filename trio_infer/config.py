@@ -1,15 +1,26 @@
-"""Service settings: one frozen dataclass, filled from flags that fall back to environment variables."""
+"""Service settings: one frozen dataclass, filled from flags that fall back to environment variables.
+
+Every setting is declared once, in `_FLAGS`, with the kind of value it takes (`Seconds`, `Integer`,
+`Choice`, `Text`, `Switch`, `TokenBudget`). The kind parses the raw string and states what is allowed, so a
+value a setting cannot work with (`nan`, `inf`, out of range, a word where a number belongs) is
+refused at start, before anything loads, with one line such as
+`--batch-timeout: must be a finite number of seconds >= 0, got nan` and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 DEFAULT_MODEL_LABEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEBUG_MODEL = "debug"
+PROG = "trio-infer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +46,7 @@ class Settings:
     device: str | None = None  # None: cuda if available, else cpu
     body_timeout: float = 30.0
     max_concurrent_requests: int = 512
+    heartbeat_timeout: float = 30.0
 
     @property
     def model_label(self) -> str:
@@ -42,71 +54,272 @@ class Settings:
         return self.model_name or DEFAULT_MODEL_LABEL
 
 
-# (flag, environment variable, type, help). Defaults come from Settings so the two never disagree.
-_FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("host", "HOST", str, "interface to bind"),
-    ("port", "PORT", int, "TCP port to bind"),
-    ("max_batch_size", "MAX_BATCH_SIZE", int, "most texts in one forward pass"),
-    (
+# ------------------------------------------------------------------------------------------ kinds
+class Kind:
+    """How a setting's raw string becomes its value. `parse` raises ValueError("must be ...")."""
+
+    metavar = "VALUE"
+    secret = False  # never echo the value (in --help or in an error)
+    empty_env_is_unset = True  # `VAR=` in the environment means "not set"
+
+    def parse(self, raw: str) -> Any:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What is allowed, for --help."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Seconds(Kind):
+    """A finite number of seconds, `>= low` (or `> low` when `strict`), at most `high`."""
+
+    low: float = 0.0
+    strict: bool = False
+    high: float | None = None
+    metavar = "SECONDS"
+
+    def parse(self, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        too_low = value <= self.low if self.strict else value < self.low
+        if not math.isfinite(value) or too_low or (self.high is not None and value > self.high):
+            raise ValueError(f"must be {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        bound = f"{'>' if self.strict else '>='} {self.low:g}"
+        if self.high is not None:
+            bound += f" and <= {self.high:g}"
+        return f"a finite number of seconds {bound}"
+
+
+@dataclass(frozen=True)
+class Integer(Kind):
+    """A whole number in `[low, high]`."""
+
+    low: int
+    high: int
+    metavar = "N"
+
+    def parse(self, raw: str) -> int:
+        try:
+            value = int(raw.strip(), 10)
+        except ValueError:
+            raise ValueError(f"must be {self.describe()}") from None
+        if not self.low <= value <= self.high:
+            raise ValueError(f"must be {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        return f"a whole number from {self.low} to {self.high}"
+
+
+@dataclass(frozen=True)
+class TokenBudget(Integer):
+    """`auto` (None: calibrate at start-up) or a whole number in `[low, high]`."""
+
+    metavar = "auto|N"
+
+    def parse(self, raw: str) -> int | None:  # type: ignore[override]
+        if raw.strip().lower() == "auto":
+            return None
+        return super().parse(raw)
+
+    def describe(self) -> str:
+        return f"'auto' or {super().describe()}"
+
+
+@dataclass(frozen=True)
+class Choice(Kind):
+    """One of `choices` (case-insensitive; the value is lower-cased)."""
+
+    choices: tuple[str, ...]
+
+    @property
+    def metavar(self) -> str:  # type: ignore[override]
+        return "{" + ",".join(self.choices) + "}"
+
+    def parse(self, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in self.choices:
+            raise ValueError(f"must be {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+
+@dataclass(frozen=True)
+class Text(Kind):
+    """Free text, taken as given. `pattern` (a full match) restricts it; `secret` hides it."""
+
+    secret: bool = False
+    pattern: str | None = None
+    what: str = "a non-empty string"
+    metavar = "TEXT"
+
+    @property
+    def empty_env_is_unset(self) -> bool:  # type: ignore[override]
+        # An empty secret (`API_KEY=`) would silently turn a protection off: refuse it instead.
+        return not self.secret
+
+    def parse(self, raw: str) -> str:
+        if not raw.strip() or (self.pattern is not None and not re.fullmatch(self.pattern, raw)):
+            raise ValueError(f"must be {self.describe()}")
+        return raw
+
+    def describe(self) -> str:
+        return self.what
+
+
+@dataclass(frozen=True)
+class Switch(Kind):
+    """On or off: `--flag` alone means on; `--flag=off`, `VAR=1`, `VAR=false`... (case-insensitive)."""
+
+    metavar = "on|off"
+
+    _ON = ("1", "true", "yes", "on")
+    _OFF = ("0", "false", "no", "off")
+
+    def parse(self, raw: str) -> bool:
+        value = raw.strip().lower()
+        if value in self._ON:
+            return True
+        if value in self._OFF:
+            return False
+        raise ValueError(f"must be {self.describe()}")
+
+    def describe(self) -> str:
+        return "on or off (also true/false, yes/no, 1/0)"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: the Settings field, its environment variable, its kind, its help line.
+
+    `flag=False`: environment only (no command-line flag)."""
+
+    name: str
+    env: str
+    kind: Kind
+    help: str
+    flag: bool = True
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def source(self, from_flag: bool) -> str:
+        return self.option if from_flag else f"environment variable {self.env}"
+
+
+_SECONDS_GE_0 = Seconds(low=0.0)
+_SECONDS_GT_0 = Seconds(low=0.0, strict=True)
+_TORCH_DEVICE = r"(cpu|cuda|mps|xpu|hpu|npu|meta)(:\d+)?"
+
+# Every setting, once. Defaults come from Settings so the two never disagree.
+# To add one: a field at the end of Settings, and an entry at the end of this tuple.
+_FLAGS: tuple[Setting, ...] = (
+    Setting("host", "HOST", Text(what="a host name or IP address"), "interface to bind"),
+    Setting("port", "PORT", Integer(1, 65535), "TCP port to bind"),
+    Setting("max_batch_size", "MAX_BATCH_SIZE", Integer(1, 65536), "most texts in one forward pass"),
+    Setting(
         "batch_timeout",
         "BATCH_TIMEOUT",
-        float,
+        _SECONDS_GE_0,
         "longest seconds a text waits for batch-mates while the model is idle (0: run at once); "
         "while a pass runs, arrivals join the next pass without a timer",
     ),
-    (
+    Setting(
         "num_batching_workers",
         "NUM_BATCHING_WORKERS",
-        int,
+        Integer(1, 64),
         "batches' worth of texts tokenized ahead while a pass runs; each pass is planned over them "
         "(more: wider length sorting, less padding)",
     ),
-    ("request_timeout", "REQUEST_TIMEOUT", float, "seconds before a request is answered 504"),
-    (
+    Setting("request_timeout", "REQUEST_TIMEOUT", _SECONDS_GT_0, "seconds before a request is answered 504"),
+    Setting(
         "graceful_timeout",
         "GRACEFUL_TIMEOUT",
-        float,
+        _SECONDS_GT_0,
         "seconds the drain may take after SIGTERM; requests left then get 503",
     ),
-    (
+    Setting(
         "drain_delay",
         "DRAIN_DELAY",
-        float,
+        _SECONDS_GE_0,
         "seconds between SIGTERM (readiness off) and closing the listener, for load balancers to notice",
     ),
-    ("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
-    ("log_format", "LOG_FORMAT", str, "text or json"),
-    (
+    Setting(
+        "log_level",
+        "LOG_LEVEL",
+        Choice(("debug", "info", "warning", "error", "critical")),
+        "least severe level logged (debug also shows the traceback of a start-up error)",
+    ),
+    Setting("log_format", "LOG_FORMAT", Choice(("text", "json")), "text, or json: one JSON object per line"),
+    Setting(
         "max_batch_tokens",
         "MAX_BATCH_TOKENS",
-        str,
+        TokenBudget(1, 10_000_000),
         "padded-token budget of one forward pass (count x longest); 'auto' calibrates it at start-up",
     ),
-    (
+    Setting(
         "max_queue_size",
         "MAX_QUEUE_SIZE",
-        int,
+        Integer(1, 10_000_000),
         "texts admitted and not yet in a forward pass; beyond it 503 + Retry-After",
     ),
-    ("max_body_size", "MAX_BODY_SIZE", int, "largest request body in bytes (413 beyond)"),
-    ("api_key", "API_KEY", str, "require 'Authorization: Bearer <key>' on inference routes"),
-    ("workers", "WORKERS", int, "worker processes, each with its own model and batcher"),
-    (
+    Setting(
+        "max_body_size", "MAX_BODY_SIZE", Integer(1, 1 << 30), "largest request body in bytes (413 beyond)"
+    ),
+    Setting(
+        "api_key",
+        "API_KEY",
+        Text(secret=True),
+        "require 'Authorization: Bearer <key>' on inference routes (an empty key is refused)",
+    ),
+    Setting("workers", "WORKERS", Integer(1, 256), "worker processes, each with its own model and batcher"),
+    Setting(
         "watchdog_timeout",
         "WATCHDOG_TIMEOUT",
-        float,
+        _SECONDS_GT_0,
         "seconds a tokenization or forward pass may run before /health turns 503",
     ),
-    (
+    Setting(
+        "model_name",
+        "MODEL_NAME",
+        Text(what="a model id or path"),
+        "sentence-transformers model id or local path; 'debug' serves hash vectors",
+        flag=False,
+    ),
+    Setting("hf_token", "HF_TOKEN", Text(secret=True), "Hugging Face hub token", flag=False),
+    Setting(
+        "device",
+        "DEVICE",
+        Text(pattern=_TORCH_DEVICE, what="a torch device such as cpu, cuda or cuda:1"),
+        "torch device",
+        flag=False,
+    ),
+    Setting(
+        "heartbeat_timeout",
+        "HEARTBEAT_TIMEOUT",
+        _SECONDS_GT_0,
+        "with --workers: seconds without a heartbeat from a worker's event loop before the "
+        "supervisor kills and replaces it",
+    ),
+    Setting(
         "body_timeout",
         "BODY_TIMEOUT",
-        float,
+        Seconds(low=0.0, strict=True, high=86400.0),
         "seconds a request body may take to arrive; beyond it 408 and the connection closes",
     ),
-    (
+    Setting(
         "max_concurrent_requests",
         "MAX_CONCURRENT_REQUESTS",
-        int,
+        Integer(1, 1_000_000),
         "requests in progress at once (probes aside); beyond it 503 + Retry-After, body unread",
     ),
 )
@@ -116,95 +329,151 @@ model selection (environment only):
   MODEL_NAME   sentence-transformers model id or local path (default: the bundled
                all-MiniLM-L6-v2, runs offline); 'debug' serves hash vectors, no model
   HF_TOKEN     token passed to the Hugging Face hub for private models
-  DEVICE       torch device (default: cuda if available, else cpu)
+  DEVICE       torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)
+
+A value a setting cannot use (nan, inf, out of range, a word for a number) stops the
+server before it loads anything, with one line naming the setting, and exit status 2.
 """
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("trio-infer")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line (no usage block), a JSON object when JSON logs were asked for, and exit
+    with status 2."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        text = f"{message} (see {self.prog} --help)"
+        if self.json_errors:
+            import json
+            import time
+
+            entry = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "level": "critical",
+                "logger": "trio_infer.config",
+                "message": text,
+            }
+            self.exit(2, json.dumps(entry) + "\n")
+        self.exit(2, f"{self.prog}: error: {text}\n")
+
+
+def _asks_for_json(argv: Sequence[str], env: Mapping[str, str]) -> bool:
+    """Whether `--log-format json` (or LOG_FORMAT=json) was given, read before parsing, so that even
+    an error in the other settings comes out as a JSON line."""
+    value = env.get("LOG_FORMAT", "")
+    for index, arg in enumerate(argv):
+        if arg == "--log-format" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("--log-format="):
+            value = arg.split("=", 1)[1]
+    return value.strip().lower() == "json"
+
+
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """A parser whose defaults are the environment's values, falling back to Settings' defaults."""
-    env = os.environ if env is None else env
+    """The command-line parser. Every flag is read as a string (None when absent) and checked by its
+    kind in `load_settings`, so a flag and its environment variable are validated the same way.
+    `env` is accepted for symmetry with load_settings; help never shows environment values."""
     defaults = Settings()
-    parser = argparse.ArgumentParser(
-        prog="trio-infer",
+    parser = _Parser(
+        prog=PROG,
         description="Embedding inference server (hypercorn + quart-trio) with token-aware dynamic batching.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for name, var, kind, text in _FLAGS:
-        default: object = getattr(defaults, name)
-        if name == "max_batch_tokens":
-            default = "auto"
-        shown = "none" if default is None else default  # never echo an environment value (API_KEY)
-        raw = env.get(var)
-        if raw not in (None, ""):
-            try:
-                default = kind(raw)
-            except ValueError:
-                parser.error(f"environment variable {var}={raw!r} is not a valid {kind.__name__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
+    for setting in _FLAGS:
+        if not setting.flag:
+            continue
+        default = getattr(defaults, setting.name)
+        shown = "auto" if setting.name == "max_batch_tokens" else ("none" if default is None else default)
+        if isinstance(shown, bool):
+            shown = "on" if shown else "off"
+        switch: dict[str, Any] = {"nargs": "?", "const": "on"} if isinstance(setting.kind, Switch) else {}
         parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            type=kind,
-            default=default,
-            help=f"{text} [env {var}, default {shown}]",
+            setting.option,
+            dest=setting.name,
+            default=None,
+            metavar=setting.kind.metavar,
+            help=f"{setting.help}; {setting.kind.describe()} [env {setting.env}, default {shown}]",
+            **switch,
         )
     return parser
 
 
-def _parse_tokens(value: str | None) -> int | None:
-    if value is None or str(value).lower() in ("", "auto"):
-        return None
-    tokens = int(value)
-    if tokens < 1:
-        raise ValueError("--max-batch-tokens must be positive or 'auto'")
-    return tokens
+class SettingError(ValueError):
+    """A setting's value cannot be used; the message is the one line shown to the user."""
+
+
+def _shown(setting: Setting, raw: str) -> str:
+    if setting.kind.secret:
+        return "an empty value" if not raw.strip() else "a value (hidden)"
+    return raw if raw.strip() == raw and raw else repr(raw)
+
+
+def parse_settings(args: Mapping[str, str | None], env: Mapping[str, str]) -> Settings:
+    """Settings from raw flag values (None: not given) falling back to `env`; raises SettingError."""
+    values: dict[str, Any] = {}
+    for setting in _FLAGS:
+        raw = args.get(setting.name) if setting.flag else None
+        from_flag = raw is not None
+        if raw is None:
+            raw = env.get(setting.env)
+            if raw is None or (raw == "" and setting.kind.empty_env_is_unset):
+                continue
+        try:
+            values[setting.name] = setting.kind.parse(raw)
+        except ValueError as error:
+            raise SettingError(f"{setting.source(from_flag)}: {error}, got {_shown(setting, raw)}") from None
+    return Settings(**values)
 
 
 def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Parse flags (falling back to the environment) into validated Settings; exits with usage on error."""
+    """Parse flags (falling back to the environment) into validated Settings.
+
+    Exits with status 2 and one line on stderr naming the first setting that cannot be used."""
     env = os.environ if env is None else env
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(env)
+    if isinstance(parser, _Parser):
+        parser.json_errors = _asks_for_json(argv, env)
     args = parser.parse_args(argv)
-    values = vars(args)
     try:
-        values["max_batch_tokens"] = _parse_tokens(values["max_batch_tokens"])
-    except ValueError as error:
+        return parse_settings(vars(args), env)
+    except SettingError as error:
         parser.error(str(error))
-    values["api_key"] = values["api_key"] or None
-    values["log_level"] = values["log_level"].lower()
-    values["log_format"] = values["log_format"].lower()
-    settings = Settings(
-        **values,
-        model_name=env.get("MODEL_NAME") or None,
-        hf_token=env.get("HF_TOKEN") or None,
-        device=env.get("DEVICE") or None,
-    )
-    problems = validate(settings)
-    if problems:
-        parser.error("; ".join(problems))
-    return settings
 
 
-def validate(settings: Settings) -> list[str]:
-    """Human-readable reasons the settings cannot work (empty when they can)."""
-    problems = []
-    if not 0 < settings.port < 65536:
-        problems.append("--port must be 1-65535")
-    for name in ("max_batch_size", "num_batching_workers", "max_queue_size", "max_body_size", "workers"):
-        if getattr(settings, name) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("request_timeout", "graceful_timeout", "watchdog_timeout"):
-        if getattr(settings, name) <= 0:
-            problems.append(f"--{name.replace('_', '-')} must be positive")
-    for name in ("batch_timeout", "drain_delay"):
-        if getattr(settings, name) < 0:
-            problems.append(f"--{name.replace('_', '-')} must not be negative")
-    if not 0 < settings.body_timeout < math.inf:
-        problems.append(f"--body-timeout must be a finite number of seconds > 0, got {settings.body_timeout}")
-    if settings.max_concurrent_requests < 1:
-        problems.append("--max-concurrent-requests must be at least 1")
-    if settings.log_level not in ("debug", "info", "warning", "error", "critical"):
-        problems.append("--log-level must be debug, info, warning, error or critical")
-    if settings.log_format not in ("text", "json"):
-        problems.append("--log-format must be text or json")
-    return problems
+def settings_table() -> tuple[Setting, ...]:
+    """Every setting, flags and environment-only ones (for tests and docs)."""
+    return _FLAGS
+
+
+__all__ = [
+    "DEBUG_MODEL",
+    "DEFAULT_MODEL_LABEL",
+    "Choice",
+    "Integer",
+    "Seconds",
+    "Setting",
+    "SettingError",
+    "Settings",
+    "Switch",
+    "Text",
+    "TokenBudget",
+    "build_parser",
+    "load_settings",
+    "parse_settings",
+    "settings_table",
+    "version",
+]

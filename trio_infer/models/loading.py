@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import DEBUG_MODEL, Settings
 from ..core.embedder import AsyncEmbedder
 from ..core.formation import CostModel
 from .calibration import calibrate, choose_token_budget
 from .embedder import ThreadedEmbedder
+from .shared_calibration import Calibration, calibrate_once
 
 log = logging.getLogger(__name__)
 
@@ -24,26 +26,49 @@ class LoadedModel:
     max_batch_tokens: int
 
 
-def load_model(settings: Settings) -> LoadedModel:
-    """Load the model, fit its cost model and pick the padded-token budget (unless configured)."""
-    embedder: AsyncEmbedder
+def load_model(settings: Settings, *, shared_calibration: Path | None = None) -> LoadedModel:
+    """Load the model, fit its cost model and pick the padded-token budget (unless configured).
+
+    `shared_calibration`: a file shared by the workers of one supervisor; the first worker to take
+    it calibrates and the others reuse its result (see shared_calibration)."""
     if settings.model_name == DEBUG_MODEL:
         from .debug import DebugEmbedder
 
-        embedder = DebugEmbedder()
-        cost = _DEBUG_COST
-    else:
-        from .sentence_transformer import SentenceTransformerModel
+        debug = DebugEmbedder()
+        budget = _budget(settings, _DEBUG_COST, debug.max_tokens)
+        source = "configured" if settings.max_batch_tokens is not None else "debug model"
+        log.info("max batch tokens: %d (%s)", budget, source)
+        return LoadedModel(embedder=debug, cost=_DEBUG_COST, max_batch_tokens=budget)
 
+    from .sentence_transformer import SentenceTransformerModel
+
+    model: SentenceTransformerModel | None = None
+
+    def fit() -> Calibration:
+        nonlocal model
         model = SentenceTransformerModel(settings)
         cost = calibrate(model)
-        embedder = ThreadedEmbedder(model)
-    budget = settings.max_batch_tokens
-    source = "configured"
-    if budget is None:
-        budget = choose_token_budget(
-            cost, max_batch_size=settings.max_batch_size, max_tokens=embedder.max_tokens
-        )
-        source = "calibrated"
-    log.info("max batch tokens: %d (%s)", budget, source)
-    return LoadedModel(embedder=embedder, cost=cost, max_batch_tokens=budget)
+        return Calibration(cost, _budget(settings, cost, model.max_tokens))
+
+    if shared_calibration is None:
+        calibration, produced = fit(), True
+    else:
+        calibration, produced = calibrate_once(shared_calibration, fit)
+    if model is None:
+        model = SentenceTransformerModel(settings)
+    log.info("max batch tokens: %d (%s)", calibration.max_batch_tokens, _source(settings, produced=produced))
+    return LoadedModel(
+        embedder=ThreadedEmbedder(model), cost=calibration.cost, max_batch_tokens=calibration.max_batch_tokens
+    )
+
+
+def _budget(settings: Settings, cost: CostModel, max_tokens: int) -> int:
+    if settings.max_batch_tokens is not None:
+        return settings.max_batch_tokens
+    return choose_token_budget(cost, max_batch_size=settings.max_batch_size, max_tokens=max_tokens)
+
+
+def _source(settings: Settings, *, produced: bool) -> str:
+    if settings.max_batch_tokens is not None:
+        return "configured"
+    return "calibrated" if produced else "calibrated by the first worker"

@@ -1,7 +1,11 @@
 """The process's lifetime: signals, model loading, the batcher and the HTTP server, in nested nurseries.
 
-    process nursery   signal watcher, health monitor              (until exit)
-      serving nursery batcher collectors, hypercorn              (until drained)
+    process nursery   signal watcher, log flusher, heartbeat (workers), health monitor   (until exit)
+      loading nursery model load in a thread, stop-on-signal                          (start-up only)
+      serving nursery batcher collectors, hypercorn                                   (until drained)
+
+The listening socket is bound before anything else (by the caller, or here when none is given), so
+an unusable address fails at once instead of after the model has loaded.
 
 The batcher is started before the server and closed only after hypercorn has finished the drain,
 so every request hypercorn accepted is answered. A collector that crashes cancels the serving
@@ -10,15 +14,18 @@ nursery and the exception leaves `main`, so the process exits non-zero and gets 
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
+import socket
+from pathlib import Path
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
-from ..config import Settings
+from ..config import DEBUG_MODEL, Settings
 from ..core.batching import Batcher, BatchLimits
 from ..core.lifecycle import Lifecycle
 from ..core.metrics import Metrics
@@ -26,7 +33,9 @@ from ..core.service import EmbeddingService
 from ..http.app import create_app
 from ..models.loading import LoadedModel, load_model
 from . import hypercorn_fixes
-from .logs import flush_periodically
+from .heartbeat import send_heartbeats
+from .listener import bind_listener, display_address, hand_over
+from .logs import adopt_library_loggers, flush_periodically
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +46,61 @@ _HYPERCORN_GRACE_MARGIN = 2.0
 _BATCHER_GRACE = 3.0
 
 
-def hypercorn_config(settings: Settings, *, reuse_port: bool = False) -> Config:
+def hypercorn_config(settings: Settings) -> Config:
+    """hypercorn's settings; `main` sets `bind` to the socket it has already bound."""
     config = Config()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.graceful_timeout + _HYPERCORN_GRACE_MARGIN
     config.accesslog = None  # the app logs one line per request, with its request id
     config.errorlog = logging.getLogger("hypercorn.error")
     config.backlog = 2048  # bursts of hundreds of connections wait in the kernel, not refused
     config.keep_alive_timeout = 75  # longer than typical load balancer idle timeouts
-    if reuse_port:
-        config.workers = 2  # hypercorn sets SO_REUSEPORT on its sockets only when workers > 1
     return config
 
 
-async def main(settings: Settings, *, reuse_port: bool = False) -> None:
-    """Serve until SIGTERM/SIGINT and a completed drain. Raises if a collector task crashes."""
+async def main(
+    settings: Settings,
+    *,
+    listener: socket.socket | None = None,
+    heartbeat: socket.socket | None = None,
+    shared_calibration: Path | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT and a completed drain. Raises if a collector task crashes.
+
+    `listener`: a bound, listening socket to serve (bound here from the settings when None; an
+    unusable address raises `listener.BindError` before anything loads). `main` owns it and closes
+    it on every exit. In --workers mode, `heartbeat` is this worker's end of its heartbeat channel
+    to the supervisor and `shared_calibration` the file through which the workers share one
+    calibration (see runtime.heartbeat and models.shared_calibration).
+    """
+    if listener is None:
+        listener = bind_listener(settings.host, settings.port)
+    try:
+        await _serve(settings, listener, heartbeat, shared_calibration)
+    finally:
+        listener.close()  # a no-op once handed over to hypercorn
+
+
+async def _serve(
+    settings: Settings,
+    listener: socket.socket,
+    heartbeat: socket.socket | None,
+    shared_calibration: Path | None,
+) -> None:
     hypercorn_fixes.install()
     lifecycle = Lifecycle(graceful_timeout=settings.graceful_timeout, drain_delay=settings.drain_delay)
     metrics = Metrics()
     async with trio.open_nursery() as process:
         await process.start(lifecycle.watch_signals)
         process.start_soon(flush_periodically)
-        loaded = await _load_unless_stopped(settings, lifecycle)
+        if heartbeat is not None:
+            process.start_soon(send_heartbeats, heartbeat, settings.heartbeat_timeout)
+        address = display_address(*listener.getsockname()[:2])
+        log.info(
+            "listening on %s (authentication: %s); loading the model",
+            address,
+            "on" if settings.api_key else "off",
+        )
+        loaded = await _load_unless_stopped(settings, lifecycle, shared_calibration)
         if loaded is None:
             log.info("shutdown requested during start-up")
             process.cancel_scope.cancel()
@@ -77,11 +118,18 @@ async def main(settings: Settings, *, reuse_port: bool = False) -> None:
             service = EmbeddingService(settings, batcher, lifecycle, metrics)
             await process.start(service.monitor)
             app = create_app(service)
-            config = hypercorn_config(settings, reuse_port=reuse_port)
+            config = hypercorn_config(settings)
+            config.bind = [hand_over(listener)]
             binds = await serving.start(_serve_http, app, config, lifecycle, batcher)
             _freeze_heap()
             lifecycle.mark_ready()
-            log.info("ready on %s (model %s on %s)", ", ".join(binds), service.model_name, service.device)
+            log.info(
+                "ready on %s (model %s on %s; authentication: %s)",
+                ", ".join(binds),
+                service.model_name,
+                service.device,
+                "on" if settings.api_key else "off",
+            )
         log.info("drained; exiting")
         process.cancel_scope.cancel()
 
@@ -94,7 +142,15 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-async def _load_unless_stopped(settings: Settings, lifecycle: Lifecycle) -> LoadedModel | None:
+def _load(settings: Settings, shared_calibration: Path | None) -> LoadedModel:
+    if settings.model_name != DEBUG_MODEL:
+        adopt_library_loggers()  # before the libraries load anything: their warnings in our format
+    return load_model(settings, shared_calibration=shared_calibration)
+
+
+async def _load_unless_stopped(
+    settings: Settings, lifecycle: Lifecycle, shared_calibration: Path | None
+) -> LoadedModel | None:
     """Load the model in a thread; a signal during loading abandons it (the process is exiting)."""
     async with trio.open_nursery() as nursery:
 
@@ -103,7 +159,8 @@ async def _load_unless_stopped(settings: Settings, lifecycle: Lifecycle) -> Load
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(stop_on_signal)
-        loaded = await trio.to_thread.run_sync(load_model, settings, abandon_on_cancel=True)
+        load = functools.partial(_load, settings, shared_calibration)
+        loaded = await trio.to_thread.run_sync(load, abandon_on_cancel=True)
         nursery.cancel_scope.cancel()
         return loaded
     return None

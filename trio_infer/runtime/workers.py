@@ -1,10 +1,19 @@
-"""`--workers N`: a supervisor process and N worker processes sharing the service port.
+"""`--workers N`: a supervisor process and N worker processes serving one listening socket.
 
-The process that parsed the command line becomes the supervisor; it serves no traffic. It starts N
-workers with multiprocessing's 'spawn' method, so each is a fresh interpreter running `serve.main`
-with its own model, batcher and event loop. Every worker binds the same port with SO_REUSEPORT and
-the kernel spreads incoming connections across them (per connection, not per request: a
-keep-alive connection stays with one worker).
+The process that parsed the command line becomes the supervisor; it serves no traffic. It binds the
+listening socket once (before any worker starts, so a busy port fails at once) and starts N workers
+with multiprocessing's 'spawn' method, handing each the same socket: each is a fresh interpreter
+running `serve.main` with its own model, batcher and event loop, accepting from the one shared
+accept queue (per connection, not per request: a keep-alive connection stays with one worker). No
+SO_REUSEPORT, so no other process can bind the port while the service runs.
+
+Calibration: the workers share one calibration file in a temporary directory of the supervisor's;
+the first worker calibrates and the others (replacements included) reuse its cost model and token
+budget, so every worker reports the same `/health` (models.shared_calibration).
+
+Heartbeats: each worker's event loop writes a byte to its own socket pair every second
+(runtime.heartbeat). A worker that has beaten once and then stays silent for `--heartbeat-timeout`
+(a wedged event loop, a stopped process) is killed with SIGKILL and replaced like a crashed one.
 
 Metrics: `PROMETHEUS_MULTIPROC_DIR` is set before any worker starts, and this process imports
 prometheus_client only afterwards, so every worker writes its metrics to per-process files there
@@ -28,8 +37,10 @@ Contract of `run_workers`:
 * Exit status. 0 when every worker exited 0 after the shutdown request; 1 when one failed, had to
   be killed, or the workers kept crashing.
 * Resources. When `run_workers` returns or raises, no worker process is left running (stragglers are
-  SIGKILLed and reaped), the signal handlers it installed are restored and the temporary metrics
-  directory, if it created one, is removed. It must be called from the main thread.
+  SIGKILLed and reaped), the signal handlers it installed are restored, the listening socket it was
+  given is closed, and its temporary directories are removed. It must be called from the main thread.
+  The supervisor closes its copy of the listening socket when the shutdown starts, so once every
+  worker has closed its own the port refuses connections instead of queueing them.
 """
 
 from __future__ import annotations
@@ -43,9 +54,8 @@ import socket
 import sys
 import tempfile
 import time
-import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing import connection, get_context
@@ -54,6 +64,7 @@ from pathlib import Path
 from types import FrameType
 
 from ..config import Settings
+from .listener import display_address
 from .logs import configure_logging, exit_now
 
 log = logging.getLogger(__name__)
@@ -70,22 +81,30 @@ _SHUTDOWN_MARGIN = 10.0
 _PR_SET_PDEATHSIG = 1
 
 
-def run_workers(settings: Settings) -> int:
-    """Run `settings.workers` worker processes until SIGTERM/SIGINT; return the exit status.
+def run_workers(
+    settings: Settings, listener: socket.socket, *, worker_main: Callable[..., None] | None = None
+) -> int:
+    """Run `settings.workers` worker processes serving `listener` (bound and listening) until
+    SIGTERM/SIGINT; return the exit status. Takes ownership of `listener`.
+
+    `worker_main`: the workers' entry point (default `serve.main` in a worker; tests pass a
+    module-level stand-in with the same arguments, to drive the supervisor alone).
 
     Blocks the calling (main) thread for the service's lifetime; see the module docstring for the
     signal, restart, exit-status and clean-up contract.
     """
-    _share_cores(settings.workers)
-    with _metrics_dir() as metrics_dir:
-        log.info(
-            "supervisor pid %d: starting %d workers on port %d (metrics in %s)",
-            os.getpid(),
-            settings.workers,
-            settings.port,
-            metrics_dir,
-        )
-        return _Supervisor(settings).run()
+    with listener:
+        _share_cores(settings.workers)
+        with _metrics_dir() as metrics_dir, tempfile.TemporaryDirectory(prefix="trio-infer-run-") as run_dir:
+            log.info(
+                "supervisor pid %d: starting %d workers on %s (authentication: %s; metrics in %s)",
+                os.getpid(),
+                settings.workers,
+                display_address(*listener.getsockname()[:2]),
+                "on" if settings.api_key else "off",
+                metrics_dir,
+            )
+            return _Supervisor(settings, listener, Path(run_dir) / "calibration.json", worker_main).run()
 
 
 def _share_cores(workers: int) -> None:
@@ -136,11 +155,19 @@ class _Slot:
     number: int
     process: SpawnProcess | None = None
     restart_at: float | None = None
+    heartbeats: socket.socket | None = None  # the supervisor's end of the worker's heartbeat pair
+    last_beat: float | None = None  # None until the worker's event loop has beaten once
+
+    def beat_overdue(self, now: float, timeout: float) -> bool:
+        return self.process is not None and self.last_beat is not None and now - self.last_beat > timeout
 
 
 @dataclass
 class _Supervisor:
     settings: Settings
+    listener: socket.socket
+    calibration_file: Path
+    worker_main: Callable[..., None] | None = None  # None: _worker_main
     slots: list[_Slot] = field(default_factory=list)
     crashes: deque[float] = field(default_factory=deque)
     signals: list[int] = field(default_factory=list)
@@ -174,7 +201,19 @@ class _Supervisor:
 
     def _supervise(self) -> int:
         """Keep N workers running until a stop signal (returns 0) or a crash loop (returns 1)."""
+        timeout = self.settings.heartbeat_timeout
         while not self.signals:
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.beat_overdue(now, timeout) and slot.process is not None:
+                    log.error(
+                        "worker %d (pid %s) sent no heartbeat for %.1f s: killing it",
+                        slot.number,
+                        slot.process.pid,
+                        now - (slot.last_beat or now),
+                    )
+                    _send(slot.process, signal.SIGKILL)
+                    slot.process.join()
             # Exits are looked for before every wait, and the wait watches every unreaped worker: one
             # that exits after this check has a readable sentinel, so the wait returns at once.
             for slot in self.slots:
@@ -195,7 +234,8 @@ class _Supervisor:
                 if slot.restart_at is not None and slot.restart_at <= now:
                     self._start(slot)
             due = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
-            self._wait(self._processes(self.slots), max(0.0, min(due) - now) if due else None)
+            due += [slot.last_beat + timeout for slot in self.slots if slot.last_beat is not None]
+            self._wait(self._processes(self.slots), max(0.0, min(due) - now) + 0.01 if due else None)
         log.info(
             "%s received: stopping %d workers (draining for up to %.1f s)",
             signal.Signals(self.signals[0]).name,
@@ -207,6 +247,7 @@ class _Supervisor:
     def _shutdown(self, status: int) -> int:
         """SIGTERM every worker and wait for the drains; SIGKILL stragglers. Returns the exit status."""
         seen_signals = len(self.signals)
+        self.listener.close()  # the workers hold their own copies until their drains close them
         running = [slot for slot in self.slots if slot.process is not None]
         for slot in self.slots:
             slot.restart_at = None
@@ -255,9 +296,19 @@ class _Supervisor:
 
     # ------------------------------------------------------------------------------------ helpers
     def _start(self, slot: _Slot) -> None:
+        beats, worker_end = socket.socketpair()
+        beats.setblocking(False)
+        # The sockets are passed by descriptor: 'spawn' duplicates them into the child at start.
         process = self._context.Process(
-            target=_worker_main,
-            args=(self.settings, os.getpid()),
+            target=self.worker_main or _worker_main,
+            args=(
+                self.settings,
+                os.getpid(),
+                slot.number,
+                self.listener,
+                worker_end,
+                self.calibration_file,
+            ),
             name=f"trio-infer-worker-{slot.number}",
         )
         # Blocked across the spawn, so the child inherits them blocked and unblocks them only once its
@@ -265,10 +316,16 @@ class _Supervisor:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             process.start()
+        except BaseException:
+            beats.close()
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            worker_end.close()
         slot.process = process
         slot.restart_at = None
+        slot.heartbeats = beats
+        slot.last_beat = None
         log.info("worker %d started (pid %s)", slot.number, process.pid)
 
     def _reap(self, slot: _Slot, process: SpawnProcess) -> None:
@@ -277,6 +334,10 @@ class _Supervisor:
             _mark_dead(process.pid)
         process.close()
         slot.process = None
+        if slot.heartbeats is not None:
+            slot.heartbeats.close()
+        slot.heartbeats = None
+        slot.last_beat = None
 
     def _schedule_restart(self, slot: _Slot) -> bool:
         """Plan the restart of an unexpectedly exited worker; False when the crash budget is spent."""
@@ -308,10 +369,24 @@ class _Supervisor:
         it acts on; re-checking here could see an exit the caller has not handled and then sleep.
         """
         sentinels = [process.sentinel for process in processes]
-        connection.wait([*sentinels, self._wakeup_read], timeout=timeout)
+        beats = [slot.heartbeats for slot in self.slots if slot.heartbeats is not None]
+        connection.wait([*sentinels, *beats, self._wakeup_read], timeout=timeout)
         with suppress(BlockingIOError):
             while self._wakeup_read.recv(512):
                 pass
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.heartbeats is not None and _drain(slot.heartbeats):
+                slot.last_beat = now
+
+
+def _drain(channel: socket.socket) -> bool:
+    """Read every byte waiting on a non-blocking socket; whether there were any."""
+    received = False
+    with suppress(BlockingIOError, InterruptedError, ConnectionError):
+        while channel.recv(4096):
+            received = True
+    return received
 
 
 def _describe_exit(exitcode: int) -> str:
@@ -328,12 +403,20 @@ def _send(process: SpawnProcess, signum: int) -> None:
 
 
 # ---------------------------------------------------------------------------------- worker side
-def _worker_main(settings: Settings, supervisor_pid: int) -> None:
+def _worker_main(
+    settings: Settings,
+    supervisor_pid: int,
+    number: int,
+    listener: socket.socket,
+    heartbeat: socket.socket,
+    calibration_file: Path,
+) -> None:
     """Entry point of a worker process (a fresh interpreter started by the supervisor).
 
-    Runs `serve.main` with SO_REUSEPORT until it has drained after SIGTERM, then exits 0. A stop
-    signal that arrives before serve.main listens for signals ends the worker at once with status 0.
-    An exception leaving serve.main is logged and the worker exits 1 (the supervisor restarts it).
+    Runs `serve.main` on the supervisor's listening socket until it has drained after SIGTERM, then
+    exits 0. A stop signal that arrives before serve.main listens for signals ends the worker at
+    once with status 0. An exception leaving serve.main is logged and the worker exits 1 (the
+    supervisor restarts it).
     """
     stopping = False
 
@@ -349,18 +432,23 @@ def _worker_main(settings: Settings, supervisor_pid: int) -> None:
         os.setpgrp()  # a terminal's Ctrl-C goes to the supervisor only; it forwards SIGTERM
         _die_with(supervisor_pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the supervisor
-        configure_logging(settings.log_level, settings.log_format, buffered=True)
-        # serve.hypercorn_config sets `workers` only to make hypercorn use SO_REUSEPORT; its warning
-        # that `workers` means nothing to hypercorn.trio.serve is expected here.
-        warnings.filterwarnings("ignore", message="The config `workers` has no affect")
+        configure_logging(settings.log_level, settings.log_format, buffered=True, worker=number)
         import trio
 
         from .serve import main as serve_main
 
-        trio.run(functools.partial(serve_main, settings, reuse_port=True))
+        trio.run(
+            functools.partial(
+                serve_main,
+                settings,
+                listener=listener,
+                heartbeat=heartbeat,
+                shared_calibration=calibration_file,
+            )
+        )
     except BaseException as error:
         if stopping:
-            sys.exit(0)
+            exit_now(0)
         log.critical("worker pid %d failed: %r", os.getpid(), error, exc_info=error)
         exit_now(1)
     exit_now(0)
