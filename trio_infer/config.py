@@ -32,6 +32,11 @@ class Settings:
     model_name: str | None = None  # None: the bundled all-MiniLM-L6-v2
     hf_token: str | None = None
     device: str | None = None  # None: cuda if available, else cpu
+    http2: bool = False
+    header_timeout: float = 10.0
+    write_timeout: float = 30.0
+    max_connections: int = 1024
+    debug_faults: bool = False
 
     @property
     def model_label(self) -> str:
@@ -82,7 +87,44 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
         float,
         "seconds a forward pass may run before /health turns 503",
     ),
+    (
+        "http2",
+        "HTTP2",
+        bool,
+        "accept plaintext HTTP/2 (prior knowledge and Upgrade: h2c); off: HTTP/1.1 only",
+    ),
+    (
+        "header_timeout",
+        "HEADER_TIMEOUT",
+        float,
+        "seconds a request head may take to arrive (from the connect, or from its first byte)",
+    ),
+    (
+        "write_timeout",
+        "WRITE_TIMEOUT",
+        float,
+        "seconds a response write may wait for a client that does not read before it is disconnected",
+    ),
+    ("max_connections", "MAX_CONNECTIONS", int, "open client connections; beyond it 503 and close"),
+    (
+        "debug_faults",
+        "DEBUG_FAULTS",
+        bool,
+        "let the debug model obey its fault markers ([[sleep:S]], [[fail]], [[crash]]); tests only",
+    ),
 )
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse_bool(raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ValueError(raw)
+
 
 _EPILOG = """\
 model selection (environment only):
@@ -111,9 +153,18 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         raw = env.get(var)
         if raw not in (None, ""):
             try:
-                default = kind(raw)
+                default = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError:
                 parser.error(f"environment variable {var}={raw!r} is not a valid {kind.__name__}")
+        if kind is bool:
+            parser.add_argument(
+                "--" + name.replace("_", "-"),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=f"{text} [env {var}, default {shown}]",
+            )
+            continue
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
@@ -163,10 +214,23 @@ def validate(settings: Settings) -> list[str]:
     problems = []
     if not 0 < settings.port < 65536:
         problems.append("--port must be 1-65535")
-    for name in ("max_batch_size", "num_batching_workers", "max_queue_size", "max_body_size", "workers"):
+    for name in (
+        "max_batch_size",
+        "num_batching_workers",
+        "max_queue_size",
+        "max_body_size",
+        "workers",
+        "max_connections",
+    ):
         if getattr(settings, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("request_timeout", "graceful_timeout", "watchdog_timeout"):
+    for name in (
+        "request_timeout",
+        "graceful_timeout",
+        "watchdog_timeout",
+        "header_timeout",
+        "write_timeout",
+    ):
         if getattr(settings, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be positive")
     for name in ("batch_timeout", "drain_delay"):

@@ -14,7 +14,6 @@ import gc
 import logging
 
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
@@ -26,6 +25,7 @@ from ..core.service import EmbeddingService
 from ..http.app import create_app
 from ..models.loading import LoadedModel, load_model
 from . import hypercorn_fixes
+from .connections import ConnectionLimits, ServerConfig
 from .logs import flush_periodically
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,15 @@ log = logging.getLogger(__name__)
 _HYPERCORN_GRACE_MARGIN = 2.0
 
 
-def hypercorn_config(settings: Settings, *, reuse_port: bool = False) -> Config:
-    config = Config()
+def hypercorn_config(settings: Settings, *, reuse_port: bool = False) -> ServerConfig:
+    config = ServerConfig(
+        ConnectionLimits(
+            max_connections=settings.max_connections,
+            header_timeout=settings.header_timeout,
+            write_timeout=settings.write_timeout,
+            http2=settings.http2,
+        )
+    )
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.graceful_timeout + _HYPERCORN_GRACE_MARGIN
@@ -109,7 +116,7 @@ async def _load_unless_stopped(settings: Settings, lifecycle: Lifecycle) -> Load
 
 async def _serve_http(
     app: QuartTrio,
-    config: Config,
+    config: ServerConfig,
     lifecycle: Lifecycle,
     batcher: Batcher,
     *,
@@ -120,7 +127,10 @@ async def _serve_http(
         await hypercorn_serve(
             app,
             config,
-            shutdown_trigger=lifecycle.shutdown_trigger,
+            # once the drain starts, no write to a client that does not read outlasts hypercorn's drain
+            shutdown_trigger=config.guard.shutdown_trigger(
+                lifecycle.shutdown_trigger, config.graceful_timeout
+            ),
             task_status=task_status,
         )
     finally:
