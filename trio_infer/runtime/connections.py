@@ -28,6 +28,8 @@ With a plain hypercorn `Config` (no `ServerConfig`) the connection behaves as hy
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -236,11 +238,20 @@ class GuardedTCPServer(TCPServer):
                                     guard.limits.write_timeout,
                                     unlogged,
                                 )
-                            await self.stream.aclose()
+                            await self._abort()
                             await self.protocol.handle(Closed())
                             return
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 await self.protocol.handle(Closed())
+
+    async def _abort(self) -> None:
+        """Close with a reset: what the client did not read is discarded, not kept in kernel memory
+        and trickled to it after the close."""
+        sock = getattr(self.stream, "socket", None)
+        if sock is not None:
+            with suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await self.stream.aclose()
 
     async def _read_data(self) -> None:
         """hypercorn's read loop, plus: the first byte of a request head starts the header deadline,

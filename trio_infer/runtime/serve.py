@@ -26,6 +26,7 @@ from ..http.app import create_app
 from ..models.loading import LoadedModel, load_model
 from . import hypercorn_fixes
 from .connections import ConnectionLimits, ServerConfig
+from .fd_limit import check_connection_cap, raise_open_file_limit
 from .logs import flush_periodically
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def hypercorn_config(settings: Settings, *, reuse_port: bool = False) -> ServerC
 async def main(settings: Settings, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT and a completed drain. Raises if a collector task crashes."""
     hypercorn_fixes.install()
+    check_connection_cap(settings.max_connections, raise_open_file_limit())
     lifecycle = Lifecycle(graceful_timeout=settings.graceful_timeout, drain_delay=settings.drain_delay)
     metrics = Metrics()
     async with trio.open_nursery() as process:
