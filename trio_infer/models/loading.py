@@ -30,7 +30,7 @@ def load_model(settings: Settings) -> LoadedModel:
     if settings.model_name == DEBUG_MODEL:
         from .debug import DebugEmbedder
 
-        embedder = DebugEmbedder()
+        embedder = DebugEmbedder(faults=settings.debug_faults)
         cost = _DEBUG_COST
     else:
         from .sentence_transformer import SentenceTransformerModel
