@@ -111,6 +111,7 @@ def test_data_after_the_answer_closes_nothing_but_is_dropped(http2_server: Serve
     assert http2_server.proc is not None and http2_server.proc.poll() is None
     assert health_over_http2(http2_server.port) == 200
     assert get_sync(http2_server.port, "/health").status == 200
+    assert "after an error" not in http2_server.log()  # dropped by the frame fix, not contained
 
 
 def test_rapid_reset_closes_the_connection_and_the_server_keeps_serving(http2_server: ServerProcess) -> None:
@@ -146,6 +147,7 @@ def test_http2_is_off_by_default_prior_knowledge_gets_505(http1_server: ServerPr
     # never an HTTP/2 frame: an HTTP/1.1 505 (when it arrives before the close) and nothing else
     assert received == b"" or received.startswith(b"HTTP/1.1 505 "), received[:200]
     assert get_sync(http1_server.port, "/health").status == 200
+    assert "after an error" not in http1_server.log()  # a refusal, not an error
 
 
 def test_http2_is_off_by_default_h2c_upgrade_is_answered_over_http1(http1_server: ServerProcess) -> None:

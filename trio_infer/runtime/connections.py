@@ -62,6 +62,10 @@ _REFUSAL_WRITE_TIMEOUT = 1.0
 _LOG_INTERVAL = 10.0
 
 
+class CloseConnection(Exception):
+    """Raised inside a connection's handling to close it on purpose: closed quietly, not logged."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
     max_connections: int = 1024
@@ -171,6 +175,8 @@ class GuardedTCPServer(TCPServer):
             return
         try:
             await super().run()
+        except* CloseConnection:
+            pass
         except* Exception as group:  # trio.Cancelled is a BaseException: it passes through
             self._log_contained(guard, group)
         finally:
@@ -295,4 +301,4 @@ class GuardedTCPServer(TCPServer):
             await self._initiate_server_close()
 
 
-__all__ = ["ConnectionGuard", "ConnectionLimits", "GuardedTCPServer", "ServerConfig"]
+__all__ = ["CloseConnection", "ConnectionGuard", "ConnectionLimits", "GuardedTCPServer", "ServerConfig"]

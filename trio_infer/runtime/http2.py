@@ -35,7 +35,7 @@ from hypercorn.events import Closed
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 
-from .connections import ServerConfig
+from .connections import CloseConnection, ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ RESET_BURST = 200
 RESET_RATE = 20.0
 
 
-class HTTP2Refused(Exception):
+class HTTP2Refused(CloseConnection):
     """A client spoke HTTP/2 to a server with HTTP/2 off; it has been answered 505."""
 
 
