@@ -46,6 +46,11 @@ SETTINGS_ENV = (
     "WATCHDOG_TIMEOUT",
     "MODEL_NAME",
     "DEVICE",
+    "HTTP2",
+    "HEADER_TIMEOUT",
+    "WRITE_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "DEBUG_FAULTS",
 )
 
 

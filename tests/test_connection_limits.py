@@ -188,3 +188,18 @@ def test_a_client_that_leaves_mid_head_frees_its_connection_at_once(server: Serv
         with connect(server.port) as sock:
             sock.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")
     wait_until(lambda: server.open_fds() <= fds_before, "the descriptors of clients that left to close")
+
+
+def test_connection_settings_are_validated() -> None:
+    from trio_infer.config import Settings, load_settings, validate
+
+    assert load_settings([], env={"HTTP2": "on", "MAX_CONNECTIONS": "7"}).http2 is True
+    assert load_settings([], env={}).http2 is False
+    problems = validate(Settings(header_timeout=0, write_timeout=-1, max_connections=0))
+    assert problems == [
+        "--max-connections must be at least 1",
+        "--header-timeout must be positive",
+        "--write-timeout must be positive",
+    ]
+    with pytest.raises(SystemExit):
+        load_settings([], env={"HTTP2": "maybe"})

@@ -150,6 +150,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         if name == "max_batch_tokens":
             default = "auto"
         shown = "none" if default is None else default  # never echo an environment value (API_KEY)
+        if kind is bool:
+            shown = "on" if default else "off"
         raw = env.get(var)
         if raw not in (None, ""):
             try:
