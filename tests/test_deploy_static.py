@@ -670,3 +670,57 @@ def test_monitoring_doc_covers_everything() -> None:
     assert not missing_panels, f"MONITORING.md does not describe panels {missing_panels}"
     assert "tests/test_prometheus_live.py" in doc
     assert "docker compose up" in doc
+
+
+# --------------------------------------------------------------------------------------------- security
+LOCAL_BINDS = ("127.0.0.1:", "${BIND_ADDRESS:-127.0.0.1}:")
+
+
+def test_compose_publishes_ports_on_localhost_only_by_default() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str) and port.startswith(LOCAL_BINDS), f"{name} publishes {port!r}"
+
+
+def test_compose_grafana_admin_password_comes_from_the_environment() -> None:
+    password = compose()["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    # `${VAR:?message}`: compose refuses to start without it, so there is no admin/admin
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password
+    assert "PASSWORD:-" not in COMPOSE.read_text()
+
+
+def test_compose_prometheus_lifecycle_api_is_off() -> None:
+    command = compose()["services"]["prometheus"].get("command", [])
+    assert not any("enable-lifecycle" in part for part in command)
+    assert not any("enable-admin-api" in part for part in command)
+
+
+def test_deployments_read_the_api_key_from_a_secret_and_threads_from_the_cpu_limit() -> None:
+    for dep in deployments():
+        where = f"deployment {dep['metadata']['name']}"
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        secret = env["API_KEY"]["valueFrom"]["secretKeyRef"]
+        assert secret["name"] and secret["key"] and not secret.get("optional", False), where
+        assert "value" not in env["API_KEY"], where
+        assert "cpu" in container["resources"]["limits"], where
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            field = env[name]["valueFrom"]["resourceFieldRef"]
+            assert field["resource"] == "limits.cpu" and field["containerName"] == container["name"], where
+
+
+def test_network_policy_admits_only_the_service_port_and_dns() -> None:
+    kustomization = load_yaml(K8S_DIR / "kustomization.yaml")
+    policies = [o for o in k8s_objects() if o["kind"] == "NetworkPolicy"]
+    assert policies, "no NetworkPolicy"
+    (policy,) = policies
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    assert "networkpolicy.yaml" in kustomization["resources"]
+    spec = policy["spec"]
+    for dep in deployments():
+        assert selects(spec["podSelector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    ingress_ports = {(p["protocol"], p["port"]) for rule in spec["ingress"] for p in rule["ports"]}
+    assert ingress_ports == {("TCP", SERVICE_PORT)}
+    egress_ports = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
+    assert egress_ports == {53}

@@ -46,7 +46,7 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     servers: list[ServerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(args=args, env=env or {})
+        server = ServerProcess(args=("--debug-faults", *args), env=env or {})
         servers.append(server)
         return server.start()
 

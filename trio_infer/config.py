@@ -47,6 +47,11 @@ class Settings:
     body_timeout: float = 30.0
     max_concurrent_requests: int = 512
     heartbeat_timeout: float = 30.0
+    http2: bool = False
+    header_timeout: float = 10.0
+    write_timeout: float = 30.0
+    max_connections: int = 1024
+    debug_faults: bool = False
 
     @property
     def model_label(self) -> str:
@@ -321,6 +326,36 @@ _FLAGS: tuple[Setting, ...] = (
         "MAX_CONCURRENT_REQUESTS",
         Integer(1, 1_000_000),
         "requests in progress at once (probes aside); beyond it 503 + Retry-After, body unread",
+    ),
+    Setting(
+        "http2",
+        "HTTP2",
+        Switch(),
+        "accept plaintext HTTP/2 (prior knowledge and Upgrade: h2c); off: HTTP/1.1 only",
+    ),
+    Setting(
+        "header_timeout",
+        "HEADER_TIMEOUT",
+        Seconds(low=0.0, strict=True, high=3600.0),
+        "seconds a request head may take to arrive (from the connect, or from its first byte)",
+    ),
+    Setting(
+        "write_timeout",
+        "WRITE_TIMEOUT",
+        Seconds(low=0.0, strict=True, high=3600.0),
+        "seconds a response write may wait for a client that does not read before it is disconnected",
+    ),
+    Setting(
+        "max_connections",
+        "MAX_CONNECTIONS",
+        Integer(1, 1_000_000),
+        "open client connections; beyond it 503 and close",
+    ),
+    Setting(
+        "debug_faults",
+        "DEBUG_FAULTS",
+        Switch(),
+        "let the debug model obey its fault markers ([[sleep:S]], [[fail]], [[crash]]); tests only",
     ),
 )
 

@@ -2,8 +2,9 @@
 
 For measuring the serving path alone and for users' integration tests. Its work is a hash per text,
 cheaper than a thread hop, so it runs on the event loop (an `AsyncEmbedder` itself): the serving path
-is measured without a model's costs. Marker texts inject faults
-into the forward pass (only this model reads them; a text without markers is just hashed):
+is measured without a model's costs. With `--debug-faults` (never in production: any client could
+stall or crash the process), marker texts inject faults into the forward pass; without it a marker
+is plain text and is hashed like any other:
 
 - `[[sleep:SECONDS]]` anywhere in a text: the forward pass holding it waits that long (the longest
   marker in the batch) before answering; keeps the model busy or simulates a hang (`--watchdog-timeout`).
@@ -50,19 +51,28 @@ class DebugEmbedder:
     dimension = DEBUG_DIMENSION
     max_tokens = 512
 
+    def __init__(self, *, faults: bool = False) -> None:
+        self.faults = faults
+
     async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         await trio.lowlevel.checkpoint()
         # One pseudo-token per whitespace word plus two markers, so length-aware batching still has lengths.
         return [[101, *[1000] * min(len(text.split()), self.max_tokens - 2), 102] for text in texts]
 
     async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
+        if self.faults:
+            await self._inject_faults(texts)
+        else:
+            await trio.lowlevel.checkpoint()
+        return [self._vector(text) for text in texts]
+
+    async def _inject_faults(self, texts: Sequence[str]) -> None:
         pause = max((float(m) for text in texts for m in _SLEEP.findall(text)), default=0.0)
         await trio.sleep(pause)
         if any(CRASH_MARKER in text for text in texts):
             raise CollectorCrash("[[crash]] marker: simulated collector crash")
         if any(FAIL_MARKER in text for text in texts):
             raise DebugModelError("[[fail]] marker: simulated model failure")
-        return [self._vector(text) for text in texts]
 
     async def tokenize_and_embed(self, texts: Sequence[str]) -> tuple[list[list[int]], list[Vector]]:
         token_ids = await self.tokenize(texts)

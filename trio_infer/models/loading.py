@@ -34,7 +34,7 @@ def load_model(settings: Settings, *, shared_calibration: Path | None = None) ->
     if settings.model_name == DEBUG_MODEL:
         from .debug import DebugEmbedder
 
-        debug = DebugEmbedder()
+        debug = DebugEmbedder(faults=settings.debug_faults)
         budget = _budget(settings, _DEBUG_COST, debug.max_tokens)
         source = "configured" if settings.max_batch_tokens is not None else "debug model"
         log.info("max batch tokens: %d (%s)", budget, source)

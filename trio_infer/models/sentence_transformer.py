@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import DEFAULT_MODEL_LABEL, Settings
 from ..core.jobs import Vector
+from .threads import configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,12 @@ class SentenceTransformerModel:
         # Bundled weights must not trigger hub look-ups (there may be no network).
         if settings.model_name is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        threads = configure_threads()  # before torch is imported: OpenMP reads its variable once
         import torch
         from sentence_transformers import SentenceTransformer
 
         self._torch = torch
+        torch.set_num_threads(threads)  # torch's default is the host's core count, not the quota
         self.device = pick_device(settings.device)
         source = settings.model_name or str(bundled_model_path())
         self._model = SentenceTransformer(source, device=self.device, token=settings.hf_token)
@@ -61,11 +64,12 @@ class SentenceTransformerModel:
         self._pad_id = int(self._tokenizer.pad_token_id or 0)
         self._wants_token_types = "token_type_ids" in getattr(self._tokenizer, "model_input_names", ())
         log.info(
-            "loaded %s on %s (dimension %d, max %d tokens)",
+            "loaded %s on %s (dimension %d, max %d tokens, %d threads)",
             self.name,
             self.device,
             self.dimension,
             self.max_tokens,
+            threads,
         )
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:

@@ -1,47 +1,105 @@
-"""Fixes for hypercorn's trio worker (0.17-0.18) that matter under hostile or careless traffic.
+"""The one place that changes hypercorn's internals, each change guarded by the versions it was verified on.
 
-1. When a client goes away (EOF, a reset, a read timeout), `TCPServer._read_data` returns but leaves
-   the connection's keep-alive idle timer running, and the connection's task group, with its socket
-   and tasks, waits for that timer: `keep_alive_timeout` (75 s here) per connection. A client that
-   connects and leaves before sending a whole request head (a port scan, a load balancer's TCP check,
-   a caller that crashed) would hold a file descriptor and two tasks that long, and a storm of them
-   exhausts the descriptor limit. Nothing more can be read once the read loop has ended, so there is
-   nothing to keep alive: the timer is stopped and the connection closes as soon as any request in
-   flight is answered.
-2. When the client closes while a response is being written, the read loop's `_close()` (`send_eof`)
-   can race the response's `send_all`, which then raises `trio.BusyResourceError`. hypercorn treats a
-   broken or closed stream as the client leaving but not this, so the app fails with "Error in ASGI
-   Framework" and a stack trace in the log for an ordinary disconnect. It is handled the same way here.
+Each patch replaces code inside hypercorn that is not public API, so it is applied only when the
+installed hypercorn is a version its behaviour was verified on (by the regression tests named below,
+over real sockets). On any other version the patch is refused and a warning says what is lost;
+pyproject.toml's upper bound on hypercorn keeps a normal install on a verified version.
+
+* `connection-guard` (hypercorn.trio.run.TCPServer -> connections.GuardedTCPServer): a failure in
+  one connection closes only that connection; the connection cap; the head and write deadlines; the
+  keep-alive timer stopped when a client leaves; a write racing the close is a disconnect.
+  Tests: tests/test_connection_limits.py, tests/test_http2.py::test_data_after_the_answer_*.
+* `http2-switch` (H11Protocol._check_protocol -> http2.check_protocol): plaintext HTTP/2 only with
+  `--http2`. Tests: tests/test_http2.py::test_http2_is_off_*.
+* `http2-frames` (H2Protocol._handle_events -> http2.handle_events): no KeyError on DATA for an
+  answered stream; rapid reset closes the connection. Tests: tests/test_http2.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
 
-import trio
-from hypercorn.events import Closed, Event
-from hypercorn.trio.tcp_server import TCPServer
+import hypercorn.trio.run
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h11 import H11Protocol
 
-_original_read_data: Callable[[Any], Awaitable[None]] = TCPServer._read_data
-_original_protocol_send: Callable[[Any, Event], Awaitable[None]] = TCPServer.protocol_send
+from . import http2
+from .connections import GuardedTCPServer
 
+log = logging.getLogger(__name__)
 
-async def _read_data_then_stop_idle_timer(self: Any) -> None:
-    try:
-        await _original_read_data(self)
-    finally:
-        await self.idle_task.stop()
-
-
-async def _protocol_send_closing_race_is_a_close(self: Any, event: Event) -> None:
-    try:
-        await _original_protocol_send(self, event)
-    except trio.BusyResourceError:  # `_close()` is sending EOF: the connection is going away
-        await self.protocol.handle(Closed())
+VERIFIED_VERSIONS = frozenset({"0.18.0"})
 
 
-def install() -> None:
-    """Patch hypercorn's trio TCPServer (idempotent)."""
-    TCPServer._read_data = _read_data_then_stop_idle_timer  # type: ignore[method-assign]
-    TCPServer.protocol_send = _protocol_send_closing_race_is_a_close  # type: ignore[method-assign]
+@dataclass(frozen=True, slots=True)
+class Patch:
+    name: str
+    lost_without: str  # what the service loses when the patch is refused
+    verified: frozenset[str]
+    apply: Callable[[], None]
+
+
+def _guard_connections() -> None:
+    hypercorn.trio.run.TCPServer = GuardedTCPServer  # type: ignore[attr-defined]
+
+
+_original_check_protocol: http2.CheckProtocol = H11Protocol._check_protocol
+_original_handle_events: http2.HandleEvents = H2Protocol._handle_events
+
+
+def _switch_http2() -> None:
+    H11Protocol._check_protocol = http2.check_protocol(_original_check_protocol)  # type: ignore[method-assign,assignment]
+
+
+def _guard_http2_frames() -> None:
+    H2Protocol._handle_events = http2.handle_events(_original_handle_events)  # type: ignore[method-assign,assignment]
+
+
+PATCHES = (
+    Patch(
+        "connection-guard",
+        "a client can end the process; no connection cap, head or write deadline",
+        VERIFIED_VERSIONS,
+        _guard_connections,
+    ),
+    Patch(
+        "http2-switch",
+        "plaintext HTTP/2 stays on whatever --http2 says",
+        VERIFIED_VERSIONS,
+        _switch_http2,
+    ),
+    Patch(
+        "http2-frames",
+        "HTTP/2 DATA after an answer and rapid reset are unguarded",
+        VERIFIED_VERSIONS,
+        _guard_http2_frames,
+    ),
+)
+
+
+def install(version: str | None = None) -> list[str]:
+    """Apply every patch verified on `version` (default: the installed hypercorn); idempotent.
+
+    Returns the names of the patches applied; each one refused is logged as a warning.
+    """
+    version = installed_version("hypercorn") if version is None else version
+    applied = []
+    for patch in PATCHES:
+        if version in patch.verified:
+            patch.apply()
+            applied.append(patch.name)
+        else:
+            log.warning(
+                "hypercorn %s is not a version the %r patch was verified on (%s): not applied, so %s",
+                version,
+                patch.name,
+                ", ".join(sorted(patch.verified)),
+                patch.lost_without,
+            )
+    return applied
+
+
+__all__ = ["PATCHES", "VERIFIED_VERSIONS", "install"]

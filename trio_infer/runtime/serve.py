@@ -21,7 +21,6 @@ import socket
 from pathlib import Path
 
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
@@ -33,6 +32,8 @@ from ..core.service import EmbeddingService
 from ..http.app import create_app
 from ..models.loading import LoadedModel, load_model
 from . import hypercorn_fixes
+from .connections import ConnectionLimits, ServerConfig
+from .fd_limit import check_connection_cap, raise_open_file_limit
 from .heartbeat import send_heartbeats
 from .listener import bind_listener, display_address, hand_over
 from .logs import adopt_library_loggers, flush_periodically
@@ -46,9 +47,16 @@ _HYPERCORN_GRACE_MARGIN = 2.0
 _BATCHER_GRACE = 3.0
 
 
-def hypercorn_config(settings: Settings) -> Config:
+def hypercorn_config(settings: Settings) -> ServerConfig:
     """hypercorn's settings; `main` sets `bind` to the socket it has already bound."""
-    config = Config()
+    config = ServerConfig(
+        ConnectionLimits(
+            max_connections=settings.max_connections,
+            header_timeout=settings.header_timeout,
+            write_timeout=settings.write_timeout,
+            http2=settings.http2,
+        )
+    )
     config.graceful_timeout = settings.graceful_timeout + _HYPERCORN_GRACE_MARGIN
     config.accesslog = None  # the app logs one line per request, with its request id
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -87,6 +95,7 @@ async def _serve(
     shared_calibration: Path | None,
 ) -> None:
     hypercorn_fixes.install()
+    check_connection_cap(settings.max_connections, raise_open_file_limit())
     lifecycle = Lifecycle(graceful_timeout=settings.graceful_timeout, drain_delay=settings.drain_delay)
     metrics = Metrics()
     async with trio.open_nursery() as process:
@@ -168,7 +177,7 @@ async def _load_unless_stopped(
 
 async def _serve_http(
     app: QuartTrio,
-    config: Config,
+    config: ServerConfig,
     lifecycle: Lifecycle,
     batcher: Batcher,
     *,
@@ -179,7 +188,10 @@ async def _serve_http(
         await hypercorn_serve(
             app,
             config,
-            shutdown_trigger=lifecycle.shutdown_trigger,
+            # once the drain starts, no write to a client that does not read outlasts hypercorn's drain
+            shutdown_trigger=config.guard.shutdown_trigger(
+                lifecycle.shutdown_trigger, config.graceful_timeout
+            ),
             task_status=task_status,
         )
     finally:

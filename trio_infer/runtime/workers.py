@@ -64,6 +64,7 @@ from pathlib import Path
 from types import FrameType
 
 from ..config import Settings
+from ..models.threads import available_cpus
 from .listener import display_address
 from .logs import configure_logging, exit_now
 
@@ -111,7 +112,7 @@ def _share_cores(workers: int) -> None:
     """Give each worker's torch an equal share of the cores unless OMP_NUM_THREADS is already set:
     N workers each using every core for its forward passes would oversubscribe the CPU."""
     if "OMP_NUM_THREADS" not in os.environ:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, available_cpus() // workers)  # the cgroup CPU quota, not the host's cores
         os.environ["OMP_NUM_THREADS"] = str(threads)
         log.info("OMP_NUM_THREADS=%d for each of %d workers", threads, workers)
 
