@@ -393,7 +393,7 @@ def _probe_main(port: int, interval: float) -> None:
         start = time.perf_counter()
         try:
             if sock is None:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=10.0)
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30.0)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             status = _probe_once(sock, path)
         except OSError:
