@@ -10,7 +10,7 @@ PORT ?= 8001
 TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install install-dev start-inference test lint bench system-deps build up down clean
+.PHONY: install install-dev start-inference test soak lint bench system-deps build up down clean
 
 # `install`: only what serving needs. `install-dev` adds the test and lint tooling ([dev] extra).
 install: $(STAMP)
@@ -45,6 +45,11 @@ system-deps:
 
 test: install-dev system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# Latency, RSS and throughput figures on the real clock: meaningful on a quiet machine only, so neither
+# `make test` nor CI runs them (pyproject's addopts deselect the `soak` marker; `-m soak` selects them).
+soak: install-dev system-deps
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m soak -s
 
 lint: install-dev
 	$(PY) -m ruff check trio_infer tests bench

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,6 +277,21 @@ def get_sync(port: int, path: str, *, timeout: float = 5.0) -> Response:
                 raise ConnectionError("connection closed mid-response")
 
 
+# -- waiting on a condition ---------------------------------------------------------------------------
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], limit: float, what: str, *, interval: float = 0.02
+) -> None:
+    """Poll `check` until it returns True; AssertionError after `limit` seconds. For conditions in
+    another process or behind a socket, which offer no event to wait on."""
+    with trio.move_on_after(limit):
+        while not await check():  # noqa: ASYNC110 - polling another process; no event to wait on
+            await trio.sleep(interval)
+        return
+    raise AssertionError(f"timed out after {limit} s waiting for {what}")
+
+
 # -- metrics ---------------------------------------------------------------------------------------
 
 
@@ -361,7 +376,7 @@ def _probe_main(port: int, interval: float) -> None:
         start = time.perf_counter()
         try:
             if sock is None:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=10.0)
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30.0)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             status = _probe_once(sock, path)
         except OSError:

@@ -11,6 +11,7 @@ import trio
 from quart.typing import TestClientProtocol as Client
 
 from tests.fakes import FakeEmbedder, make_service, text_vector
+from tests.serverproc import wait_until
 from trio_infer.config import Settings
 from trio_infer.core.service import EmbeddingService
 from trio_infer.http.app import create_app
@@ -149,12 +150,13 @@ async def test_inference_failure_is_generic_500(client: Client) -> None:
     assert (await post_embed(client, {"input_text": "still serving"}))[0] == 200
 
 
-async def test_timeout_is_504(client: Client, embedder: FakeEmbedder) -> None:
+async def test_timeout_is_504(client: Client, embedder: FakeEmbedder, autojump_clock: trio.abc.Clock) -> None:
+    # On the virtual clock: the header's 0.2 s, not the settings' 5 s, ends the wait, to the tick.
     embedder.gate = trio.Event()
     start = trio.current_time()
     status, body, _ = await post_embed(client, {"input_text": "slow"}, headers={"X-Request-Timeout": "0.2"})
     assert_error(status, body, 504, "timeout")
-    assert trio.current_time() - start < 2.0
+    assert trio.current_time() - start == pytest.approx(0.2, abs=0.01)
     embedder.gate.set()
 
 
@@ -176,12 +178,16 @@ async def test_overload_is_503_with_retry_after(service: EmbeddingService, embed
             await embedder.started.wait()
             for i in range(2):  # fill the queue
                 nursery.start_soon(post_embed, client, {"input_text": f"fill {i}"})
-            await trio.sleep(0.2)
+            await wait_until(lambda: queued(small, 2), 10, "the queue to fill")
             status, body, headers = await post_embed(client, {"input_text": "rejected"})
             assert_error(status, body, 503, "overloaded")
             assert int(headers["Retry-After"]) >= 1
             embedder.gate.set()
         small.batcher.close()
+
+
+async def queued(service: EmbeddingService, count: int) -> bool:
+    return service.metrics.registry.get_sample_value("batcher_queue_size") == count
 
 
 async def test_not_running_is_503(service: EmbeddingService, client: Client) -> None:
@@ -215,7 +221,7 @@ async def test_health(client: Client) -> None:
 
 
 async def test_health_turns_503_when_a_forward_pass_hangs(
-    embedder: FakeEmbedder, nursery: trio.Nursery
+    embedder: FakeEmbedder, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
     service = make_service(embedder, replace(SETTINGS, watchdog_timeout=0.2))
     await nursery.start(service.batcher.run)
@@ -226,7 +232,7 @@ async def test_health_turns_503_when_a_forward_pass_hangs(
         nursery.start_soon(post_embed, client, {"input_text": "hangs"})
         await embedder.started.wait()
         assert (await client.get("/health")).status_code == 200
-        await trio.sleep(0.3)
+        await trio.sleep(0.3)  # virtual time: past the 0.2 s watchdog limit, the pass still held
         response = await client.get("/health")
         assert response.status_code == 503
         body = await response.get_json()

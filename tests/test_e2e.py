@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 import trio
 
-from tests.serverproc import ServerProcess, get, post_json
+from tests.serverproc import ServerProcess, get, post_json, wait_until
 
 pytestmark = pytest.mark.e2e
+
+# Loading torch and calibrating the model took 87 s at a load average of 10 on the 2-core machine.
+START_LIMIT = 300.0
+# Long enough that no text is refused for a predicted wait past its deadline (the measured service
+# rate drops on a loaded machine): these tests are about the drain, not about admission.
+PATIENT = ["--request-timeout", "600"]
 
 # Mixed lengths, so concurrent requests share padded batches.
 TEXTS = [
@@ -38,7 +44,7 @@ def reference() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    proc = ServerProcess(env={"MODEL_NAME": ""}).start(timeout=240)
+    proc = ServerProcess(env={"MODEL_NAME": ""}).start(timeout=START_LIMIT)
     try:
         yield proc
     finally:
@@ -87,35 +93,45 @@ async def test_health_reports_the_model(server: ServerProcess) -> None:
 async def sigterm_while_held(
     proc: ServerProcess, text: str, *, count: int, held: int
 ) -> tuple[list[int], int | None, int]:
-    """Send `count` concurrent requests for `text`, SIGTERM once the server holds `held` of them, and
-    return their statuses, /ready's status 0.2 s into the drain (None once the listener is closed) and
-    the exit code."""
+    """Send `count` concurrent requests for `text`; SIGTERM once the server has accepted every
+    connection and holds `held` texts queued. Returns their statuses, /ready's status once the signal
+    was logged (None once the listener is closed) and the exit code."""
     statuses: list[int] = []
     ready_status: int | None = None
+    fds_before = proc.open_fds()
 
     async def one(index: int) -> None:
-        response = await post_json(proc.port, "/embed", {"input_text": f"{index} {text}"}, limit=120)
+        response = await post_json(proc.port, "/embed", {"input_text": f"{index} {text}"}, limit=600)
         statuses.append(response.status)
+
+    async def all_received() -> bool:
+        # Every connection accepted (one fd each), so none waits in the listen backlog when the
+        # listener closes; and `held` texts queued, so the drain has work to answer.
+        queued = (await get(proc.port, "/health")).json()["queue_size"]
+        return proc.open_fds() >= fds_before + count and queued >= held
+
+    async def signal_logged() -> bool:
+        return "SIGTERM received" in proc.log()
 
     async with trio.open_nursery() as nursery:
         for index in range(count):
             nursery.start_soon(one, index)
-        with trio.fail_after(60):
-            while (await get(proc.port, "/health")).json()["queue_size"] < held:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+        await wait_until(all_received, 120, f"{count} connections and {held} queued texts")
         assert proc.proc is not None
         proc.proc.send_signal(signal.SIGTERM)
-        await trio.sleep(0.2)
+        await wait_until(signal_logged, 60, "the server to log the signal")
         try:
             ready_status = (await get(proc.port, "/ready", limit=5)).status
         except OSError:
             ready_status = None
-    code = await trio.to_thread.run_sync(proc.proc.wait, 120)
+    code = await trio.to_thread.run_sync(proc.proc.wait, 300)
     return statuses, ready_status, code
 
 
 async def test_sigterm_drains_every_request_in_flight() -> None:
-    proc = ServerProcess(env={"MODEL_NAME": ""}).start(timeout=240)
+    # A graceful timeout far above what 60 texts take however loaded the machine: all must be answered.
+    proc = ServerProcess(args=[*PATIENT, "--graceful-timeout", "180"], env={"MODEL_NAME": ""})
+    proc.start(timeout=START_LIMIT)
     try:
         text = "graceful shutdown must answer every request already received " * 14
         statuses, ready_status, code = await sigterm_while_held(proc, text, count=60, held=30)
@@ -128,14 +144,18 @@ async def test_sigterm_drains_every_request_in_flight() -> None:
 
 
 async def test_graceful_timeout_answers_leftovers_with_503_not_resets() -> None:
-    proc = ServerProcess(args=["--graceful-timeout", "1"], env={"MODEL_NAME": ""}).start(timeout=240)
+    proc = ServerProcess(args=[*PATIENT, "--graceful-timeout", "1"], env={"MODEL_NAME": ""})
+    proc.start(timeout=START_LIMIT)
     try:
         text = "requests still queued when the drain time is up get an honest 503 " * 14
-        # 100 texts of ~170 tokens take several seconds here, so some are certainly left at the 1 s mark.
-        statuses, _, code = await sigterm_while_held(proc, text, count=100, held=40)
-        assert len(statuses) == 100  # every request got an HTTP answer: no reset connections
+        # 150 texts of ~170 tokens take seconds on this CPU (more when it is loaded), so some are
+        # certainly left at the 1 s mark. Whether a pass also ends within that second depends on the
+        # machine's load, so it is not asserted here; tests/test_serve_drain.py checks both outcomes
+        # deterministically with the debug model.
+        statuses, _, code = await sigterm_while_held(proc, text, count=150, held=60)
+        assert len(statuses) == 150  # every request got an HTTP answer: no reset connections
         assert set(statuses) <= {200, 503}
-        assert 503 in statuses and 200 in statuses
+        assert 503 in statuses
         assert code == 0, proc.log()
     finally:
         proc.stop()

@@ -27,7 +27,7 @@ from trio_infer.http.openai_schemas import EmbeddingsRequest
 FULL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 SHORT_NAME = "all-MiniLM-L6-v2"
 DIMENSION = 384
-STARTUP_LIMIT = 120.0
+STARTUP_LIMIT = 300.0  # loading torch and calibrating took 87 s at a load average of 10
 CLIENT_TIMEOUT = 180.0
 
 

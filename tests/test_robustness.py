@@ -1,8 +1,13 @@
 """Overload, callers who leave, model faults and access control, against a real server over real sockets.
 
 Every test starts `python -m trio_infer` with the debug model, whose marker texts inject faults
-(`trio_infer/debug_embedder.py`): `[[sleep:S]]` keeps the model busy, `[[fail]]` is a poison input,
+(`trio_infer/models/debug.py`): `[[sleep:S]]` keeps the model busy, `[[fail]]` is a poison input,
 `[[crash]]` kills a batch collector. Figures worth reporting are printed (`pytest -s` shows them).
+
+These tests assert behaviour only: what each caller gets, what the counters say, that nothing is
+left queued or open. They wait on conditions (/health, /metrics, the log), never on timers. How fast
+it all happens (probe latency under a burst, memory after 10,000 disconnects, deadlines to the
+millisecond) is asserted in tests/test_soak.py, which `make soak` runs and `make test` does not.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +37,7 @@ from tests.serverproc import (
     metrics,
     post_json,
     read_response,
+    wait_until,
 )
 from trio_infer.models.debug import DebugEmbedder
 
@@ -38,6 +45,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DIMENSION = 384
 REQUESTS = 'batcher_requests_total{status="%s"}'
+# How long a `[[sleep:HOLD]]` text keeps the model busy: long enough that everything a test does
+# meanwhile (open dozens of connections, poll /health) fits in it on a loaded 2-core machine.
+HOLD = 6.0
+# A bound for conditions that take milliseconds on a quiet machine: far above any load's delay.
+WAIT = 30.0
 
 
 @pytest.fixture
@@ -56,13 +68,9 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[bool]], limit: float = 10.0, what: str = "condition"
+    check: Callable[[], Awaitable[bool]], limit: float = WAIT, what: str = "condition"
 ) -> None:
-    with trio.move_on_after(limit):
-        while not await check():  # noqa: ASYNC110 - polling another process; no event to wait on
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"timed out after {limit} s waiting for {what}")
+    await wait_until(check, limit, what)
 
 
 async def health(port: int) -> dict[str, Any]:
@@ -72,6 +80,15 @@ async def health(port: int) -> dict[str, Any]:
 
 async def model_busy(port: int) -> bool:
     return bool((await health(port))["inflight_batches"] == 1)
+
+
+async def hold_the_model(port: int, seconds: float = HOLD) -> Response:
+    """A request whose forward pass keeps the model busy for `seconds`; returns its answer (a 200)."""
+    response = await post_json(
+        port, "/embed", {"input_text": f"[[sleep:{seconds}]] hold the model"}, limit=seconds + WAIT
+    )
+    assert response.status == 200, response
+    return response
 
 
 def delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
@@ -94,20 +111,55 @@ def no_tracebacks(server: ServerProcess) -> None:
 
 # -- 2. overload ----------------------------------------------------------------------------------------
 
-BURST = 400
-PROBE_LIMIT = 0.100
+BURST = 200  # `make test`; tests/test_soak.py sends 400
+BURST_QUEUE = 32  # --max-queue-size of the burst tests: far below the burst
+BURST_HOLDS = (HOLD, 2 * HOLD, 4 * HOLD)  # a longer hold when the burst outlasted the previous one
 
 
-async def _burst(port: int) -> tuple[Counter[int], list[str], list[ProbeResult], float]:
-    """One burst of BURST concurrent requests while a `[[sleep:2]]` request keeps the model busy and
-    a probe loop runs. Returns statuses, client-side problems, the probes and the burst's duration."""
+@dataclass
+class Burst:
+    """One burst's outcome: statuses, how many 503s arrived while the model was still held,
+    client-side problems, the probes and the burst's duration."""
+
+    size: int
+    statuses: Counter[int]
+    refused_while_held: int
+    problems: list[str]
+    probes: list[ProbeResult]
+    elapsed: float
+
+    @property
+    def worst_probe(self) -> float:
+        return max(probe.latency for probe in self.probes)
+
+    def summary(self) -> str:
+        latencies = sorted(probe.latency for probe in self.probes)
+        return (
+            f"burst of {self.size} in {self.elapsed:.2f} s: {dict(sorted(self.statuses.items()))}, "
+            f"{self.refused_while_held} refused while the model was held; "
+            f"{len(self.probes)} probes, worst {self.worst_probe * 1e3:.1f} ms, "
+            f"median {latencies[len(latencies) // 2] * 1e3:.1f} ms"
+        )
+
+
+async def _burst(port: int, size: int, hold: float) -> Burst:
+    """`size` concurrent requests while a `[[sleep:hold]]` request keeps the model busy and a probe
+    loop runs in another process."""
     statuses: Counter[int] = Counter()
     problems: list[str] = []
+    held = True
+    refused_while_held = 0
+
+    async def holder() -> None:
+        nonlocal held
+        await hold_the_model(port, hold)
+        held = False
 
     async def one(i: int) -> None:
+        nonlocal refused_while_held
         headers = {"X-Request-Timeout": "0.5"} if i % 4 == 0 else {}
         try:
-            response = await post_json(port, "/embed", {"input_text": f"burst text {i}"}, headers, limit=20)
+            response = await post_json(port, "/embed", {"input_text": f"burst text {i}"}, headers, limit=WAIT)
         except Exception as error:  # a reset, a hang, a malformed answer: all failures
             problems.append(f"request {i}: {error!r}")
             return
@@ -115,6 +167,8 @@ async def _burst(port: int) -> tuple[Counter[int], list[str], list[ProbeResult],
         if response.status == 200:
             assert len(response.json()["embedding"]) == DIMENSION
         elif response.status == 503:
+            if held:
+                refused_while_held += 1
             assert_error(response, 503, "overloaded")
             retry_after = response.headers.get("retry-after", "")
             assert retry_after.isdigit() and 1 <= int(retry_after) <= 60, response.headers
@@ -126,60 +180,70 @@ async def _burst(port: int) -> tuple[Counter[int], list[str], list[ProbeResult],
     probes = await trio.to_thread.run_sync(ProbeLoop(port).start)
     started = time.perf_counter()
     try:
-        with trio.fail_after(30):
+        with trio.fail_after(hold + 2 * WAIT):  # a hang guard, not a performance bound
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(post_json, port, "/embed", {"input_text": "[[sleep:2]] hold the model"})
+                nursery.start_soon(holder)
                 await wait_for(lambda: model_busy(port), what="the model to be busy")
-                for i in range(BURST):
+                for i in range(size):
                     nursery.start_soon(one, i)
     finally:
         elapsed = time.perf_counter() - started
         results = await trio.to_thread.run_sync(probes.stop)
-    return statuses, problems, results, elapsed
+    return Burst(size, statuses, refused_while_held, problems, results, elapsed)
 
 
-async def test_burst_beyond_capacity_is_shed_fast_while_probes_stay_fast(
-    start_server: Callable[..., ServerProcess],
-) -> None:
-    server = start_server("--max-queue-size", "32")
-    port = server.port
-    for i in range(30):
-        assert (await post_json(port, "/embed", {"input_text": f"warm-up {i}"})).status == 200
-    rss_before, fds_before = server.rss_kib(), server.open_fds()
-
-    attempts = []
-    for _attempt in range(2):  # a second try only if the first missed the probe bound (a noisy host)
+async def burst_and_check(port: int, size: int = BURST) -> list[Burst]:
+    """Bursts (see `_burst`) and what must hold whatever the machine's speed: every request answered
+    200/503/504 with no resets, each outcome counted, every probe answered; and, while the model is
+    held, most of the burst refused at once. A loaded machine may still be sending the burst when the
+    hold ends (then late requests are rightly served): such a run is repeated with a longer hold."""
+    bursts = []
+    for hold in BURST_HOLDS:
         before = await metrics(port)
-        statuses, problems, probes, elapsed = await _burst(port)
+        burst = await _burst(port, size, hold)
         after = await metrics(port)
-        assert not problems, problems[:10]
-        assert sum(statuses.values()) == BURST and set(statuses) <= {200, 503, 504}, statuses
-        # Far beyond capacity: most are refused at once; each refusal is counted.
-        assert statuses[503] >= BURST // 2, statuses
+        bursts.append(burst)
+        print(f"\n{burst.summary()}")
+        statuses = burst.statuses
+        assert not burst.problems, burst.problems[:10]
+        assert sum(statuses.values()) == size and set(statuses) <= {200, 503, 504}, statuses
         assert delta(after, before, REQUESTS % "rejected") == statuses[503]
         assert delta(after, before, REQUESTS % "success") == statuses[200] + 1  # + the model holder
         assert delta(after, before, REQUESTS % "timeout") == statuses[504]
-        assert all(probe.status == 200 for probe in probes), [p for p in probes if p.status != 200][:5]
-        assert len(probes) >= 20, len(probes)
-        worst = max(probe.latency for probe in probes)
-        attempts.append(worst)
-        print(
-            f"\nburst of {BURST} in {elapsed:.2f} s: {dict(sorted(statuses.items()))}; "
-            f"{len(probes)} probes, worst {worst * 1e3:.1f} ms, "
-            f"median {sorted(p.latency for p in probes)[len(probes) // 2] * 1e3:.1f} ms"
-        )
-        if worst < PROBE_LIMIT:
-            break
-    assert min(attempts) < PROBE_LIMIT, f"worst probe latency per attempt: {attempts}"
+        # Probes kept being answered during the burst (how fast is a soak figure).
+        not_ok = [probe for probe in burst.probes if probe.status != 200]
+        assert not not_ok, not_ok[:5]
+        assert len(burst.probes) >= 3, len(burst.probes)
+        # Far beyond capacity while the model is held: most are refused at once.
+        if burst.refused_while_held >= size // 2:
+            return bursts
+        await wait_for(lambda: _idle(port), what="an empty queue before the next burst")
+    summaries = "; ".join(burst.summary() for burst in bursts)
+    raise AssertionError(f"fewer than half of each burst refused while the model was held: {summaries}")
 
-    # Afterwards: normal service, nothing queued, connections and memory back near where they were.
+
+async def warm_up(port: int, count: int) -> None:
+    for i in range(count):
+        assert (await post_json(port, "/embed", {"input_text": f"warm-up {i}"})).status == 200
+
+
+async def back_to_normal(server: ServerProcess, fds_before: int) -> None:
+    """After a burst: nothing queued, normal service, the server's connections closed again."""
+    port = server.port
     await wait_for(lambda: _idle(port), what="an empty queue")
     for i in range(20):
         assert (await post_json(port, "/embed", {"input_text": f"after the burst {i}"})).status == 200
     await wait_for(lambda: _fds_at_most(server, fds_before + 2), what="connections to close")
-    growth_mib = (server.rss_kib() - rss_before) / 1024
-    print(f"RSS growth after {len(attempts)} burst(s): {growth_mib:.1f} MiB")
-    assert growth_mib < 50, growth_mib
+
+
+async def test_burst_beyond_capacity_is_shed_while_probes_are_answered(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server("--max-queue-size", str(BURST_QUEUE))
+    await warm_up(server.port, 30)
+    fds_before = server.open_fds()
+    await burst_and_check(server.port)
+    await back_to_normal(server, fds_before)
     no_tracebacks(server)
 
 
@@ -204,7 +268,7 @@ async def test_callers_who_disconnect_are_never_computed(start_server: Callable[
         hold: list[Response] = []
 
         async def holder() -> None:
-            hold.append(await post_json(port, "/embed", {"input_text": "[[sleep:3]] hold the model"}))
+            hold.append(await hold_the_model(port))
 
         nursery.start_soon(holder)
         await wait_for(lambda: model_busy(port), what="the model to be busy")
@@ -216,9 +280,9 @@ async def test_callers_who_disconnect_are_never_computed(start_server: Callable[
         await wait_for(lambda: _queued(port, leavers), what="every leaver to be admitted")
         for stream in streams:
             await stream.aclose()
-        # Withdrawn at once, while the model is still busy: nothing waits for their results.
+        # Withdrawn while the model is still busy: nothing waits for their results.
         await wait_for(lambda: _queued(port, 0), what="the leavers' texts to be withdrawn")
-        assert await model_busy(port)
+        assert await model_busy(port), f"the {HOLD} s hold ended before the leavers were withdrawn"
     assert hold[0].status == 200
     await wait_for(lambda: _skipped(port, before, leavers), what="the collectors to skip the leavers")
     after = await metrics(port)
@@ -240,36 +304,53 @@ async def _skipped(port: int, before: dict[str, float], count: int) -> bool:
     return delta(await metrics(port), before, "batcher_skipped_total") >= count
 
 
-async def test_expired_deadlines_get_504_and_are_never_computed(
-    start_server: Callable[..., ServerProcess],
-) -> None:
-    server = start_server()
+DEADLINE = 0.3  # X-Request-Timeout of the impatient callers
+
+
+async def expired_deadlines(server: ServerProcess, callers: int = 10) -> list[Response]:
+    """`callers` requests with a DEADLINE s X-Request-Timeout queue behind a `[[sleep:HOLD]]` pass.
+    Each gets its 504 while the model is still busy (on its own deadline, not when the model frees
+    up) and its text is never computed. Returns their responses."""
     port = server.port
-    callers, limit = 10, 0.3
     before = await metrics(port)
     results: list[Response] = []
+    holder_answered = trio.Event()
+
+    async def holder() -> None:
+        await hold_the_model(port)
+        holder_answered.set()
 
     async def impatient(i: int) -> None:
-        headers = {"X-Request-Timeout": str(limit)}
-        results.append(await post_json(port, "/embed", {"input_text": f"impatient {i}"}, headers))
+        headers = {"X-Request-Timeout": str(DEADLINE)}
+        response = await post_json(port, "/embed", {"input_text": f"impatient {i}"}, headers)
+        assert not holder_answered.is_set(), f"a 504 came after the {HOLD} s pass, not on its deadline"
+        results.append(response)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(post_json, port, "/embed", {"input_text": "[[sleep:1.5]] hold the model"})
+        nursery.start_soon(holder)
         await wait_for(lambda: model_busy(port), what="the model to be busy")
         for i in range(callers):
             nursery.start_soon(impatient, i)
+    assert len(results) == callers
     for response in results:
         assert_error(response, 504, "timeout")
-        assert limit - 0.05 <= response.elapsed < limit + 0.7, response.elapsed  # on time
+        assert response.elapsed >= DEADLINE, response.elapsed  # not before the deadline either
     await wait_for(lambda: _skipped(port, before, callers), what="the collectors to skip them")
     after = await metrics(port)
     assert delta(after, before, REQUESTS % "timeout") == callers
     assert delta(after, before, "batcher_skipped_total") == callers
     assert delta(after, before, "batcher_batch_size_sum") == 1  # only the holder's text
     no_tracebacks(server)
+    return results
 
 
-STORM = 10_000
+async def test_expired_deadlines_get_504_and_are_never_computed(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    await expired_deadlines(start_server())
+
+
+STORM = 1_000  # `make test`; tests/test_soak.py sends 10,000 and checks the memory afterwards
 STORM_CONCURRENCY = 64
 _KINDS = (
     "connect only",
@@ -294,6 +375,7 @@ async def _storm_client(port: int, i: int, rng: random.Random, outcomes: Counter
             await stream.send_all(raw[: rng.randrange(head_end, len(raw))])
         elif kind in ("whole request", "whole request, then wait", "reset", "complete"):
             await stream.send_all(raw)
+        # The sleeps below are client behaviour (how long a caller stays), not synchronisation.
         if kind == "whole request, then wait":
             await trio.sleep(rng.uniform(0, 0.05))
         elif kind == "reset":  # an abortive close: the server sees a RST, not a FIN
@@ -309,17 +391,23 @@ async def _storm_client(port: int, i: int, rng: random.Random, outcomes: Counter
         await stream.aclose()
 
 
-async def test_ten_thousand_disconnecting_clients_leave_nothing_behind(
-    start_server: Callable[..., ServerProcess],
-) -> None:
-    server = start_server("--log-level", "warning")
+@dataclass
+class Storm:
+    elapsed: float
+    rss_growth_mib: float
+
+
+async def disconnect_storm(server: ServerProcess, clients: int) -> Storm:
+    """`clients` clients that connect and leave at every stage of a request (64 at a time) while short
+    forward passes keep the model busy now and then. Afterwards nothing is queued, the connections and
+    threads are back where they were and the server still answers. Returns the figures."""
     port = server.port
     for i in range(50):
         assert (await post_json(port, "/embed", {"input_text": f"warm-up {i}"})).status == 200
     rss_before, fds_before, threads_before = server.rss_kib(), server.open_fds(), server.threads()
     before = await metrics(port)
     outcomes: Counter[str] = Counter()
-    indices = iter(range(STORM))
+    indices = iter(range(clients))
     done = trio.Event()
 
     async def keep_the_model_busy() -> None:
@@ -328,39 +416,43 @@ async def test_ten_thousand_disconnecting_clients_leave_nothing_behind(
         while not done.is_set():
             await post_json(port, "/embed", {"input_text": f"[[sleep:0.05]] busy {count}"})
             count += 1
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # pacing, not synchronisation
 
-    async def clients() -> None:
+    async def client_loop() -> None:
         for i in indices:  # shared: STORM_CONCURRENCY of these run at once
             await _storm_client(port, i, random.Random(i), outcomes)
 
     started = time.perf_counter()
-    with trio.fail_after(150):
+    with trio.fail_after(60 + clients / 10):  # a hang guard, not a performance bound
         async with trio.open_nursery() as outer:
             outer.start_soon(keep_the_model_busy)
             async with trio.open_nursery() as nursery:
                 for _ in range(STORM_CONCURRENCY):
-                    nursery.start_soon(clients)
+                    nursery.start_soon(client_loop)
             done.set()
     elapsed = time.perf_counter() - started
 
     await wait_for(lambda: _idle(port), what="an empty queue and an idle model")
-    await wait_for(lambda: _fds_at_most(server, fds_before + 2), limit=15, what="connections to close")
+    await wait_for(lambda: _fds_at_most(server, fds_before + 2), limit=2 * WAIT, what="connections to close")
     after = await metrics(port)
     growth_mib = (server.rss_kib() - rss_before) / 1024
     print(
-        f"\n{STORM} clients in {elapsed:.1f} s; cancelled {delta(after, before, REQUESTS % 'cancelled'):.0f}, "
+        f"\n{clients} clients in {elapsed:.1f} s; cancelled {delta(after, before, REQUESTS % 'cancelled'):.0f}, "
         f"skipped {delta(after, before, 'batcher_skipped_total'):.0f}, "
         f"success {delta(after, before, REQUESTS % 'success'):.0f}; RSS growth {growth_mib:.1f} MiB, "
         f"fds {fds_before}->{server.open_fds()}, threads {threads_before}->{server.threads()}"
     )
-    assert sum(outcomes.values()) == STORM
+    assert sum(outcomes.values()) == clients
     assert after["batcher_queue_size"] == 0 and after["batcher_inflight_batches"] == 0
     assert delta(after, before, REQUESTS % "cancelled") > 0  # callers did leave while queued
-    assert growth_mib < 50, growth_mib
     assert server.threads() <= threads_before + 4
     assert (await post_json(port, "/embed", {"input_text": "still serving"})).status == 200
     no_tracebacks(server)
+    return Storm(elapsed, growth_mib)
+
+
+async def test_disconnecting_clients_leave_nothing_behind(start_server: Callable[..., ServerProcess]) -> None:
+    await disconnect_storm(start_server("--log-level", "warning"), STORM)
 
 
 # -- 4. faults -------------------------------------------------------------------------------------------
@@ -401,12 +493,13 @@ async def test_poison_input_fails_alone_and_its_batch_mates_succeed(
         )
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(post_json, port, "/embed", {"input_text": "[[sleep:1]] hold the model"})
+        nursery.start_soon(hold_the_model, port)
         await wait_for(lambda: model_busy(port), what="the model to be busy")
         nursery.start_soon(send, "poison-request", "[[fail]] a poison text")
         for i, text in enumerate(good_texts):
             nursery.start_soon(send, f"good-request-{i}", text)
         await wait_for(lambda: _queued(port, 8), what="all eight to queue behind the busy model")
+        assert await model_busy(port), f"the {HOLD} s hold ended before all eight were queued"
 
     assert_error(results["poison-request"], 500, "inference_error")
     model = DebugEmbedder()
@@ -423,10 +516,13 @@ async def test_poison_input_fails_alone_and_its_batch_mates_succeed(
     assert delta(after, before, REQUESTS % "success") == len(good_texts) + 1
 
 
-async def test_hung_forward_pass_turns_health_503_and_callers_get_504_on_time(
-    start_server: Callable[..., ServerProcess],
-) -> None:
-    server = start_server("--watchdog-timeout", "0.5", "--request-timeout", "1.0")
+HUNG_LIMITS = {"hung": 1.0, "queued": 1.0, "queued, short deadline": 0.4}  # each caller's time limit
+
+
+async def hung_forward_pass(server: ServerProcess) -> dict[str, Response]:
+    """A forward pass hangs for HOLD s (--watchdog-timeout 0.5, --request-timeout 1.0): /health and
+    /ready turn 503 while it hangs; its caller and the two queued behind it get 504 while it still
+    hangs; health comes back by itself when the pass ends. Returns the three answers."""
     port = server.port
     before = await metrics(port)
     results: dict[str, Response] = {}
@@ -434,27 +530,37 @@ async def test_hung_forward_pass_turns_health_503_and_callers_get_504_on_time(
     async def send(name: str, text: str, headers: dict[str, str] | None = None) -> None:
         results[name] = await post_json(port, "/embed", {"input_text": text}, headers)
 
+    async def sick() -> bool:
+        response = await get(port, "/health")
+        return response.status == 503 and response.json()["status"] == "unhealthy"
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(send, "hung", "[[sleep:2.5]] a forward pass that hangs")
+        nursery.start_soon(send, "hung", f"[[sleep:{HOLD}]] a forward pass that hangs")
         await wait_for(lambda: model_busy(port), what="the model to be busy")
-        busy_at = trio.current_time()
         nursery.start_soon(send, "queued", "queued behind the hang")
         nursery.start_soon(
             send, "queued, short deadline", "queued, short deadline", {"X-Request-Timeout": "0.4"}
         )
-        await trio.sleep_until(busy_at + 0.7)  # past the watchdog limit, the pass still running
-        sick = await get(port, "/health")
-        assert sick.status == 503 and sick.json()["status"] == "unhealthy", sick
+        await wait_for(sick, what="/health to turn 503 past the watchdog limit")
         assert (await get(port, "/ready")).status == 503
-    for name, limit in [("hung", 1.0), ("queued", 1.0), ("queued, short deadline", 0.4)]:
+    # Every caller is answered while the pass still hangs: on its own deadline, not the model's.
+    assert await model_busy(port), f"the {HOLD} s pass ended before its callers got their 504"
+    for name, limit in HUNG_LIMITS.items():
         assert_error(results[name], 504, "timeout")
-        assert limit - 0.05 <= results[name].elapsed < limit + 0.7, (name, results[name].elapsed)
+        assert results[name].elapsed >= limit, (name, results[name].elapsed)
     # The pass ends; health comes back by itself.
-    await wait_for(lambda: _healthy(port), limit=5, what="/health to recover")
+    await wait_for(lambda: _healthy(port), limit=HOLD + WAIT, what="/health to recover")
     after = await metrics(port)
     assert delta(after, before, REQUESTS % "timeout") == 3
     assert delta(after, before, "batcher_skipped_total") == 2  # the hung text itself was computing
     assert (await post_json(port, "/embed", {"input_text": "healthy again"})).status == 200
+    return results
+
+
+async def test_hung_forward_pass_turns_health_503_and_callers_get_504_while_it_hangs(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    await hung_forward_pass(start_server("--watchdog-timeout", "0.5", "--request-timeout", "1.0"))
 
 
 async def _healthy(port: int) -> bool:
@@ -470,17 +576,17 @@ async def test_crashing_collector_ends_the_process_with_a_clear_log_line(
 
     async def send(text: str) -> None:
         try:
-            response = await post_json(port, "/embed", {"input_text": text}, limit=15)
+            response = await post_json(port, "/embed", {"input_text": text}, limit=WAIT)
             outcomes.append(str(response.status))
         except (OSError, trio.BrokenResourceError, ConnectionError) as error:
             outcomes.append(type(error).__name__)
 
-    with trio.fail_after(20):  # no caller hangs: each gets an answer or a closed connection
+    with trio.fail_after(2 * WAIT):  # no caller hangs: each gets an answer or a closed connection
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send, "[[crash]] a bug in a collector")
             nursery.start_soon(send, "an innocent bystander")
     assert server.proc is not None
-    code = await trio.to_thread.run_sync(lambda: server.proc.wait(15) if server.proc else None)
+    code = await trio.to_thread.run_sync(lambda: server.proc.wait(2 * WAIT) if server.proc else None)
     log = server.log()
     assert code not in (0, None), (code, log[-3000:])
     fatal = [line for line in log.splitlines() if "CRITICAL" in line and "fatal" in line]
