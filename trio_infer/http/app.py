@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..core import errors
 from ..core.service import EmbeddingService
-from . import access
+from . import access, docs
 from .embed_endpoint import EmbedEndpoint
 from .openapi_provider import RequiredBodyOpenAPIProvider
 from .probes import ProbeMiddleware, health_body, ready_body
@@ -46,11 +46,12 @@ def create_app(service: EmbeddingService) -> QuartTrio:
         info=Info(
             title="trio-infer", version="0.1.0", description="Embedding inference with dynamic batching"
         ),
-        swagger_ui_path="/docs",
-        redoc_ui_path="/redoc",
+        swagger_ui_path=None,  # docs.install serves /docs and /redoc with local assets
+        redoc_ui_path=None,
         scalar_ui_path=None,
         openapi_provider_class=RequiredBodyOpenAPIProvider,
     )
+    docs.install(app, openapi_url="/openapi.json")
     app.extensions["embedding_service"] = service
     api_key = settings.api_key.encode() if settings.api_key else None
 
