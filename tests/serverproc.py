@@ -46,6 +46,7 @@ SETTINGS_ENV = (
     "WATCHDOG_TIMEOUT",
     "MODEL_NAME",
     "DEVICE",
+    "MAX_INPUT_CHARS",
 )
 
 

@@ -32,6 +32,7 @@ class Settings:
     model_name: str | None = None  # None: the bundled all-MiniLM-L6-v2
     hf_token: str | None = None
     device: str | None = None  # None: cuda if available, else cpu
+    max_input_chars: int = 1024
 
     @property
     def model_label(self) -> str:
@@ -81,6 +82,12 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "WATCHDOG_TIMEOUT",
         float,
         "seconds a forward pass may run before /health turns 503",
+    ),
+    (
+        "max_input_chars",
+        "MAX_INPUT_CHARS",
+        int,
+        "longest input_text accepted by POST /embed in characters (422 beyond); /v1 truncates instead",
     ),
 )
 
@@ -172,6 +179,8 @@ def validate(settings: Settings) -> list[str]:
     for name in ("batch_timeout", "drain_delay"):
         if getattr(settings, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must not be negative")
+    if not 1 <= settings.max_input_chars <= settings.max_body_size:
+        problems.append("--max-input-chars must be between 1 and --max-body-size")
     if settings.log_level not in ("debug", "info", "warning", "error", "critical"):
         problems.append("--log-level must be debug, info, warning, error or critical")
     if settings.log_format not in ("text", "json"):

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import trio
 
-from .embedder import AsyncEmbedder
-from .errors import Draining, InferenceFailed, Overloaded, PayloadTooLarge
+from .embedder import AsyncEmbedder, TokenIds
+from .errors import Draining, InferenceFailed, InputTooLong, Overloaded, PayloadTooLarge
 from .formation import CostModel, plan_batches
 from .jobs import Job, Vector
 from .metrics import Metrics
@@ -135,8 +135,11 @@ class Batcher:
 
     # -- admission -------------------------------------------------------------------------------
 
-    def submit(self, texts: Sequence[str], *, deadline: float, request_id: str = "") -> list[Job]:
-        """Admit all of `texts` or none. Never blocks.
+    def submit(
+        self, texts: Sequence[str], *, deadline: float, request_id: str = "", truncate: bool = True
+    ) -> list[Job]:
+        """Admit all of `texts` or none. Never blocks. With `truncate` False, a text over the model's
+        token limit fails with InputTooLong (400) instead of being truncated.
 
         Raises Overloaded (503, Retry-After) when the queue is full or the predicted wait would pass
         the deadline, Draining after `close()`, PayloadTooLarge when the list can never fit the queue.
@@ -159,7 +162,10 @@ class Batcher:
             raise Overloaded(
                 f"the predicted wait of {wait:.1f} s exceeds the request's deadline", retry_after=wait
             )
-        jobs = [Job(text=text, admitted_at=now, deadline=deadline, request_id=request_id) for text in texts]
+        jobs = [
+            Job(text=text, admitted_at=now, deadline=deadline, request_id=request_id, truncate=truncate)
+            for text in texts
+        ]
         for job in jobs:
             self._send.send_nowait(job)
             self._queued.add(job)
@@ -311,6 +317,13 @@ class Batcher:
             return
         for job, ids in zip(jobs, token_ids, strict=True):
             job.tokens = list(ids) or [0]
+            if isinstance(ids, TokenIds):
+                job.text_tokens, job.text_tokens_exact = ids.total, ids.exact
+            else:
+                job.text_tokens = len(ids)
+            if not job.truncate and job.text_tokens > self.embedder.max_tokens:
+                job.fail(InputTooLong(_too_long(job, self.embedder.max_tokens)))
+                self._queued.discard(job)
 
     async def _forward(self, batch: list[Job]) -> None:
         """One forward pass. A model error fails only this batch, and retrying its members one by one
@@ -381,3 +394,11 @@ class Batcher:
                 self.metrics.outcome["error"].inc()
                 self._queued.discard(job)
         self._update_queue_gauge()
+
+
+def _too_long(job: Job, limit: int) -> str:
+    count = f"{job.text_tokens}" if job.text_tokens_exact else f"at least {job.text_tokens}"
+    return (
+        f"the text has {count} tokens, over this model's limit of {limit}; "
+        "shorten it, or send truncate: true to embed its first tokens"
+    )

@@ -43,8 +43,18 @@ class EmbeddingService:
         self.dimension = batcher.embedder.dimension
         metrics.model_info.labels(model=self.model_name, device=self.device).set(1)
 
-    def admit(self, texts: Sequence[str], *, time_limit: float | None = None, request_id: str = "") -> Ticket:
+    def admit(
+        self,
+        texts: Sequence[str],
+        *,
+        time_limit: float | None = None,
+        request_id: str = "",
+        truncate: bool = True,
+    ) -> Ticket:
         """Admit all of `texts` to the batcher, or none; never blocks. Returns the ticket to `wait` on.
+
+        Texts are truncated to the model's token limit, or with `truncate` False a longer one fails
+        its request with InputTooLong (400) before any forward pass.
 
         The deadline is the request timeout, or the shorter `time_limit`. Raises a ServiceError:
         Draining, Unavailable, Overloaded (503 with Retry-After), PayloadTooLarge.
@@ -59,7 +69,7 @@ class EmbeddingService:
             else min(time_limit, self.settings.request_timeout)
         )
         deadline = trio.current_time() + limit
-        jobs = self.batcher.submit(texts, deadline=deadline, request_id=request_id)
+        jobs = self.batcher.submit(texts, deadline=deadline, request_id=request_id, truncate=truncate)
         return Ticket(jobs=jobs, deadline=deadline, limit=limit)
 
     async def wait(self, ticket: Ticket) -> list[Job]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeVar
 
 import orjson
@@ -21,7 +22,7 @@ def _is_json(mimetype: str) -> bool:
     )
 
 
-async def read_model(request: Request, model: type[M]) -> M:
+async def read_model(request: Request, model: type[M], context: Mapping[str, object] | None = None) -> M:
     """The body parsed and validated as `model`.
 
     Raises UnsupportedMediaType (415) for a non-JSON content type, PayloadTooLarge (413) past the
@@ -33,7 +34,7 @@ async def read_model(request: Request, model: type[M]) -> M:
         data = await request.get_data(cache=False, as_text=False)
     except RequestEntityTooLarge as error:
         raise PayloadTooLarge(f"the body exceeds {request.max_content_length} bytes") from error
-    return parse_model(data, model)
+    return parse_model(data, model, context)
 
 
 def check_content_type(mimetype: str) -> None:
@@ -42,14 +43,15 @@ def check_content_type(mimetype: str) -> None:
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {mimetype or 'nothing'!r}")
 
 
-def parse_model(data: bytes | str, model: type[M]) -> M:
-    """`data` parsed as JSON and validated as `model` (InvalidJSON 400, ValidationFailed 422)."""
+def parse_model(data: bytes | str, model: type[M], context: Mapping[str, object] | None = None) -> M:
+    """`data` parsed as JSON and validated as `model` with `context` (InvalidJSON 400, ValidationFailed
+    422)."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as error:
         raise InvalidJSON(f"the body is not valid JSON: {error.msg}") from error
     try:
-        return model.model_validate(value)
+        return model.model_validate(value, context=context)
     except ValidationError as error:
         detail, field = describe_validation_error(error)
         raise ValidationFailed(detail, param=field) from error

@@ -24,7 +24,7 @@ from ..core.jobs import Job
 from . import access
 from .bodies import check_content_type, parse_model
 from .responses import error_body, error_headers
-from .schemas import EmbedRequest
+from .schemas import MAX_INPUT_CHARS, EmbedRequest
 from .throttle import release_work_slot
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class EmbedEndpoint:
         settings = service.settings
         self._api_key = settings.api_key.encode() if settings.api_key else None
         self._max_body = settings.max_body_size
+        self._validation = {MAX_INPUT_CHARS: settings.max_input_chars}  # --max-input-chars
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] == "http" and scope["path"] == _PATH and scope["method"] == "POST":
@@ -112,7 +113,7 @@ class EmbedEndpoint:
         data = await self._read_body(receive)
         if data is None:
             return None
-        request = parse_model(data, EmbedRequest)
+        request = parse_model(data, EmbedRequest, self._validation)
         time_limit = access.parse_timeout(headers.get(_TIMEOUT_HEADER))
         # Errors are caught inside the nursery so they leave it as themselves, not in an exception group.
         outcome: list[Job] | errors.ServiceError | None = None
