@@ -9,15 +9,18 @@ own truncation); the HTTP checks run real servers: the debug model (one pseudo-t
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
 import pytest
 import trio
+import trio.testing
 
+from tests.fakes import FakeEmbedder, make_service
 from tests.serverproc import Response, ServerProcess, build_request, post_json, request
 from trio_infer.config import Settings, load_settings
+from trio_infer.core.errors import InputTooLong
 from trio_infer.models import truncation
 from trio_infer.models.debug import DebugEmbedder
 
@@ -100,6 +103,44 @@ def test_real_model_ids_equal_the_tokenizers_own_truncation(model: Any, count: i
         assert ids.total == len(tokenizer(text, truncation=False, verbose=False)["input_ids"])
     else:
         assert ids.total > model.max_tokens  # a lower bound, already over the limit
+
+
+# -- the batcher -------------------------------------------------------------------------------------------
+
+
+class TruncatingFake(FakeEmbedder):
+    """The fake model with a limit of 8 tokens, tokenizing as the real models do (TokenIds)."""
+
+    max_tokens = 8
+
+    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        await trio.lowlevel.checkpoint()
+
+        def content(heads: list[str]) -> list[list[int]]:
+            return [[7] * len(text.split()) for text in heads]
+
+        heads = truncation.tokenize_heads(texts, content, self.max_tokens - 2)
+        return [
+            truncation.token_ids(ids, total, exact, lambda c: [101, *c, 102]) for ids, total, exact in heads
+        ]
+
+
+async def test_batcher_truncates_or_refuses_before_any_forward_pass(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    embedder = TruncatingFake()
+    service = make_service(embedder)
+    await nursery.start(service.batcher.run)
+    long_text = " ".join(f"w{i}" for i in range(20))  # 22 tokens with the markers
+    jobs = await service.embed(["one two", long_text])
+    assert [job.n_tokens for job in jobs] == [4, 8]  # what the model read
+    assert jobs[1].text_tokens == 22
+    embedder.batches.clear()
+    with pytest.raises(InputTooLong, match="23 tokens, over this model's limit of 8"):
+        await service.embed(["three four", long_text + " again"], truncate=False)
+    assert long_text + " again" not in embedder.texts_computed
+    fits = await service.embed(["a b c d e f"], truncate=False)  # exactly 8 tokens
+    assert fits[0].n_tokens == 8
 
 
 # -- settings ------------------------------------------------------------------------------------------

@@ -322,8 +322,10 @@ class Batcher:
             else:
                 job.text_tokens = len(ids)
             if not job.truncate and job.text_tokens > self.embedder.max_tokens:
+                # A client error, not a batcher outcome: counted by the HTTP metrics (400) only.
                 job.fail(InputTooLong(_too_long(job, self.embedder.max_tokens)))
                 self._queued.discard(job)
+                self._update_queue_gauge()
 
     async def _forward(self, batch: list[Job]) -> None:
         """One forward pass. A model error fails only this batch, and retrying its members one by one

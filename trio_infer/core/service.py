@@ -98,10 +98,16 @@ class EmbeddingService:
         raise RequestTimeout(f"no result within {ticket.limit:g} s")
 
     async def embed(
-        self, texts: Sequence[str], *, time_limit: float | None = None, request_id: str = ""
+        self,
+        texts: Sequence[str],
+        *,
+        time_limit: float | None = None,
+        request_id: str = "",
+        truncate: bool = True,
     ) -> list[Job]:
         """`admit` then `wait`, for callers with nothing to do between the two."""
-        return await self.wait(self.admit(texts, time_limit=time_limit, request_id=request_id))
+        ticket = self.admit(texts, time_limit=time_limit, request_id=request_id, truncate=truncate)
+        return await self.wait(ticket)
 
     def stalled(self) -> bool:
         return self.batcher.stalled_for() > self.settings.watchdog_timeout
