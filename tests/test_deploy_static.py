@@ -318,7 +318,13 @@ def test_compose_consistency() -> None:
 
     app = services["trio-infer"]
     assert app["build"] == "." or app["build"]["context"] == "."
-    assert any(str(p).split(":")[-1] == str(SERVICE_PORT) for p in app["ports"])
+    # The replicas publish no port; the gateway publishes the service port and forwards to them.
+    assert "ports" not in app and str(SERVICE_PORT) in [str(p) for p in app["expose"]]
+    assert app["deploy"]["replicas"] >= 2
+    gateway = services["gateway"]
+    assert gateway["image"].startswith("haproxy:")
+    assert any(str(p).split(":")[-2] == str(SERVICE_PORT) for p in gateway["ports"])
+    assert volume_target(services, "gateway", "./deploy/haproxy/haproxy.cfg").endswith("haproxy.cfg")
     assert "healthcheck" in app and "/health" in json.dumps(app["healthcheck"])
     env = app.get("environment", {})
     graceful = float(env.get("GRACEFUL_TIMEOUT", 30))
@@ -365,9 +371,10 @@ def test_prometheus_config_scrapes_service() -> None:
     job = jobs["trio-infer"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert parse_duration_s(job["scrape_interval"]) == 5
-    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == [f"trio-infer:{SERVICE_PORT}"]
-    host = targets[0].split(":")[0]
+    # DNS discovery of every replica behind the gateway.
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["type"] == "A" and discovery["port"] == SERVICE_PORT
+    (host,) = discovery["names"]
     assert host in compose()["services"], "the scrape target must be the compose service name"
 
 

@@ -337,7 +337,7 @@ async def test_openai_route_refuses_hostile_input_with_4xx(server: ServerProcess
         b'{"model": "%s", "input": "\\ud800"}' % model.encode(),
         b'{"model": "%s", "input": 1e999999}' % model.encode(),
         b'{"model": "%s", "input": ' % model.encode() + b"[" * 5000 + b"]" * 5000 + b"}",
-        orjson.dumps({"model": model, "input": ["ok", "😀" * 1025]}),
+        orjson.dumps({"model": model, "input": ["ok", "  "]}),
         orjson.dumps({"model": model, "input": [[1, 2], "mixed"]}),
         orjson.dumps({"model": model, "input": []}),
         orjson.dumps({"model": 1e300, "input": "x"}),

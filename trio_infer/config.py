@@ -52,6 +52,7 @@ class Settings:
     write_timeout: float = 30.0
     max_connections: int = 1024
     debug_faults: bool = False
+    max_input_chars: int = 1024
 
     @property
     def model_label(self) -> str:
@@ -356,6 +357,12 @@ _FLAGS: tuple[Setting, ...] = (
         "DEBUG_FAULTS",
         Switch(),
         "let the debug model obey its fault markers ([[sleep:S]], [[fail]], [[crash]]); tests only",
+    ),
+    Setting(
+        "max_input_chars",
+        "MAX_INPUT_CHARS",
+        Integer(1, 1 << 30),
+        "longest input_text accepted by POST /embed in characters (422 beyond); /v1 truncates instead",
     ),
 )
 

@@ -46,7 +46,13 @@ class Admission:
         self.changed = Wakeup()
 
     def admit(
-        self, texts: Sequence[str], *, deadline: float, request_id: str, predicted_wait: float | None
+        self,
+        texts: Sequence[str],
+        *,
+        deadline: float,
+        request_id: str,
+        predicted_wait: float | None,
+        truncate: bool = True,
     ) -> list[Job]:
         """Jobs for all of `texts`, queued; or a ServiceError and nothing queued.
 
@@ -70,7 +76,14 @@ class Admission:
                 retry_after=predicted_wait,
             )
         jobs = [
-            Job(text=text, admitted_at=now, deadline=deadline, request_id=request_id, waiting=True)
+            Job(
+                text=text,
+                admitted_at=now,
+                deadline=deadline,
+                request_id=request_id,
+                waiting=True,
+                truncate=truncate,
+            )
             for text in texts
         ]
         self.queue.extend(jobs)

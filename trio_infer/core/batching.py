@@ -91,10 +91,18 @@ class Batcher:
 
     # -- admission -------------------------------------------------------------------------------
 
-    def submit(self, texts: Sequence[str], *, deadline: float, request_id: str = "") -> list[Job]:
-        """Admit all of `texts` or none; never blocks. See `Admission.admit` for the errors."""
+    def submit(
+        self, texts: Sequence[str], *, deadline: float, request_id: str = "", truncate: bool = True
+    ) -> list[Job]:
+        """Admit all of `texts` or none; never blocks. See `Admission.admit` for the errors. With
+        `truncate` False, a text over the model's token limit fails with InputTooLong (400) once
+        tokenized, instead of being truncated."""
         return self.admission.admit(
-            texts, deadline=deadline, request_id=request_id, predicted_wait=self.predicted_wait(len(texts))
+            texts,
+            deadline=deadline,
+            request_id=request_id,
+            predicted_wait=self.predicted_wait(len(texts)),
+            truncate=truncate,
         )
 
     def withdraw(self, jobs: Sequence[Job]) -> int:

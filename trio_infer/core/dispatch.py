@@ -2,7 +2,8 @@
 
 - Model idle, texts queued: wait for batch-mates until the oldest text has waited `batch_timeout`
   (0: not at all) or a full batch is queued; then a lone text is tokenized and embedded in one model
-  call, and several are tokenized and planned.
+  call (unless it must not be truncated: it is tokenized first, to be counted), and several are
+  tokenized and planned.
 - Model busy: texts that arrive are tokenized in batch-sized chunks, up to `batches_ahead` batches'
   worth, while the pass runs; when it ends, the next pass is planned over them at once.
 
@@ -83,7 +84,8 @@ class Dispatch:
             if not await self._batch_mates_gathered(oldest):
                 continue
             jobs = self.admission.take(self.limits.window)
-            if len(jobs) == 1:
+            if len(jobs) == 1 and jobs[0].truncate:
+                # One model call; a text that must not be truncated is counted (tokenized) first.
                 return partial(self.execution.lone, jobs[0])
             await self._tokenize(jobs)
 

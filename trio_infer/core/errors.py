@@ -54,6 +54,15 @@ class BadRequest(ServiceError):
     kind = "bad_request"
 
 
+class InputTooLong(BadRequest):
+    """A text over the model's token limit, sent with truncation off."""
+
+    kind = "input_too_long"
+
+    def __init__(self, detail: str, *, param: str | None = None) -> None:
+        super().__init__(detail, param=param, code="input_too_long")
+
+
 class InvalidJSON(BadRequest):
     kind = "invalid_json"
 

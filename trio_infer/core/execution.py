@@ -14,8 +14,8 @@ from typing import TypeVar
 import trio
 
 from .admission import Admission
-from .embedder import AsyncEmbedder
-from .errors import InferenceFailed
+from .embedder import AsyncEmbedder, TokenIds
+from .errors import InferenceFailed, InputTooLong
 from .jobs import Job, Vector
 from .metrics import Metrics
 
@@ -55,6 +55,14 @@ class ModelCall:
 
 def _ids(jobs: list[Job]) -> str:
     return ",".join(sorted({job.request_id for job in jobs}))
+
+
+def _too_long(job: Job, limit: int) -> str:
+    count = f"{job.text_tokens}" if job.text_tokens_exact else f"at least {job.text_tokens}"
+    return (
+        f"the text has {count} tokens, over this model's limit of {limit}; "
+        "shorten it, or send truncate: true to embed its first tokens"
+    )
 
 
 class Execution:
@@ -104,9 +112,22 @@ class Execution:
             for job in jobs:
                 done += await self.tokenize([job])
             return done
+        limit = self.embedder.max_tokens
+        tokenized: list[Job] = []
         for job, ids in zip(jobs, token_ids, strict=True):
             job.tokens = list(ids) or [0]
-        return jobs
+            if isinstance(ids, TokenIds):
+                job.text_tokens, job.text_tokens_exact = ids.total, ids.exact
+            else:
+                job.text_tokens = len(ids)
+            if not job.truncate and job.text_tokens > limit:
+                # A client error, not a batcher outcome: counted by the HTTP metrics (400) only.
+                self.admission.release(job)
+                if not job.done.is_set() and not job.abandoned:
+                    job.fail(InputTooLong(_too_long(job, limit)))
+            else:
+                tokenized.append(job)
+        return tokenized
 
     # -- forward passes ----------------------------------------------------------------------------
 

@@ -29,6 +29,9 @@ class Job:
     request_id: str = ""
     job_id: int = field(default_factory=lambda: next(_ids))
     tokens: list[int] | None = None
+    truncate: bool = True  # False: a text over the model's limit fails with InputTooLong
+    text_tokens: int = 0  # the whole text's tokens before truncation (a lower bound when not exact)
+    text_tokens_exact: bool = True
     vector: Vector | None = None
     error: BaseException | None = None
     abandoned: bool = False

@@ -50,8 +50,18 @@ class EmbeddingService:
         self._reported_call: ModelCall | None = None
         self._reported_failures = False
 
-    def admit(self, texts: Sequence[str], *, time_limit: float | None = None, request_id: str = "") -> Ticket:
+    def admit(
+        self,
+        texts: Sequence[str],
+        *,
+        time_limit: float | None = None,
+        request_id: str = "",
+        truncate: bool = True,
+    ) -> Ticket:
         """Admit all of `texts` to the batcher, or none; never blocks. Returns the ticket to `wait` on.
+
+        Texts are truncated to the model's token limit, or with `truncate` False a longer one fails
+        its request with InputTooLong (400) before any forward pass.
 
         The deadline is the request timeout, or the shorter `time_limit`. Raises a ServiceError:
         Draining, Unavailable, Overloaded (503 with Retry-After), PayloadTooLarge.
@@ -66,7 +76,7 @@ class EmbeddingService:
             else min(time_limit, self.settings.request_timeout)
         )
         deadline = trio.current_time() + limit
-        jobs = self.batcher.submit(texts, deadline=deadline, request_id=request_id)
+        jobs = self.batcher.submit(texts, deadline=deadline, request_id=request_id, truncate=truncate)
         return Ticket(jobs=jobs, deadline=deadline, limit=limit)
 
     async def wait(self, ticket: Ticket) -> list[Job]:
@@ -95,10 +105,16 @@ class EmbeddingService:
         raise RequestTimeout(f"no result within {ticket.limit:g} s")
 
     async def embed(
-        self, texts: Sequence[str], *, time_limit: float | None = None, request_id: str = ""
+        self,
+        texts: Sequence[str],
+        *,
+        time_limit: float | None = None,
+        request_id: str = "",
+        truncate: bool = True,
     ) -> list[Job]:
         """`admit` then `wait`, for callers with nothing to do between the two."""
-        return await self.wait(self.admit(texts, time_limit=time_limit, request_id=request_id))
+        ticket = self.admit(texts, time_limit=time_limit, request_id=request_id, truncate=truncate)
+        return await self.wait(ticket)
 
     def stalled(self) -> bool:
         """Whether a model call (tokenization or forward pass) has run past `--watchdog-timeout`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeVar
 
 import orjson
@@ -31,8 +32,8 @@ def check_content_type(content_type: str | None) -> None:
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {mimetype or 'nothing'!r}")
 
 
-def parse_model(data: bytes, model: type[M]) -> M:
-    """`data` parsed as JSON and validated as `model`.
+def parse_model(data: bytes, model: type[M], context: Mapping[str, object] | None = None) -> M:
+    """`data` parsed as JSON and validated as `model` (with pydantic's validation `context`, if any).
 
     Raises InvalidJSON (400) for an empty body, bytes that are not UTF-8, and text that is not JSON
     (including lone surrogates, nesting or numbers beyond the parser); ValidationFailed (422) for JSON
@@ -43,7 +44,7 @@ def parse_model(data: bytes, model: type[M]) -> M:
     except orjson.JSONDecodeError as error:
         raise InvalidJSON(_json_problem(data, error)) from error
     try:
-        return model.model_validate(value)
+        return model.model_validate(value, context=context)
     except ValidationError as error:
         detail, field = describe_validation_error(error)
         raise ValidationFailed(detail, param=field) from error

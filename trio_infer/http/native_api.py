@@ -8,7 +8,7 @@ from ..core.service import EmbeddingService
 from . import access
 from .responses import Reply
 from .routes import Request, Route
-from .schemas import EmbedRequest, EmbedResponse, ErrorResponse
+from .schemas import MAX_INPUT_CHARS, EmbedRequest, EmbedResponse, ErrorResponse
 
 _TIMEOUT_HEADER = access.TIMEOUT_HEADER.lower()
 ERROR_STATUSES = (400, 401, 408, 413, 415, 422, 500, 503, 504)
@@ -38,6 +38,7 @@ def routes(service: EmbeddingService) -> list[Route]:
             "POST",
             embed,
             body=EmbedRequest,
+            context={MAX_INPUT_CHARS: service.settings.max_input_chars},  # --max-input-chars
             responses={200: EmbedResponse, **dict.fromkeys(ERROR_STATUSES, ErrorResponse)},
         )
     ]

@@ -79,7 +79,8 @@ def routes(service: EmbeddingService) -> list[Route]:
         """Embed a text or a list of texts (OpenAI-compatible).
 
         Each text is batched with other requests' texts; `usage` counts the model's own tokens (after
-        truncation to its maximum). A list is admitted whole or refused with 503 (`Retry-After`).
+        truncation to its maximum; with `"truncate": false` a longer text is a 400 `input_too_long`).
+        A list is admitted whole or refused with 503 (`Retry-After`).
         Token id arrays are refused with 400 `token_ids_not_supported`: send text.
         """
         body: EmbeddingsRequest = request.body
@@ -89,9 +90,14 @@ def routes(service: EmbeddingService) -> list[Route]:
             body.input,
             time_limit=access.parse_timeout(request.headers.get(_TIMEOUT_HEADER)),
             request_id=request.request_id,
+            truncate=body.truncate,
         )
         request.slot.release()  # waiting for the model is no event-loop work
-        jobs = await service.wait(ticket)
+        try:
+            jobs = await service.wait(ticket)
+        except errors.InputTooLong as error:
+            index = next(i for i, job in enumerate(ticket.jobs) if job.error is error)
+            raise errors.InputTooLong(f"input.{index}: {error.detail}", param=f"input.{index}") from None
         data = []
         prompt_tokens = 0
         for index, job in enumerate(jobs):

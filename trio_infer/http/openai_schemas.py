@@ -53,7 +53,8 @@ class EmbeddingsRequest(BaseModel):
     )
     input: Annotated[_Texts, BeforeValidator(_one_or_many, json_schema_input_type=Text | _Texts)] = Field(
         description=(
-            "A text or a list of 1-2048 texts (each 1-1024 characters, not whitespace only). "
+            "A text or a list of 1-2048 texts (each not whitespace only, of any length within the body "
+            "limit). The model reads each text's first tokens up to its limit (see `truncate`). "
             "Token id arrays are refused (400 token_ids_not_supported)."
         ),
         examples=[["The quick brown fox jumps over the lazy dog.", "A second text"]],
@@ -74,6 +75,14 @@ class EmbeddingsRequest(BaseModel):
         examples=[128],
     )
     user: str | None = Field(default=None, description="Accepted for compatibility and ignored")
+    truncate: bool = Field(
+        default=True,
+        description=(
+            "Extension (as in TEI). true (default): a text over the model's token limit is truncated to "
+            "it, and `usage` counts the tokens read; false: such a text gets 400 `input_too_long` "
+            "naming its token count and the limit"
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -175,7 +175,7 @@ class Pipeline:
         slot = NO_SLOT if route.probe else self._work.slot()
         await slot.acquire()
         try:
-            body = parse_model(data, route.body) if route.body is not None else None
+            body = parse_model(data, route.body, route.context) if route.body is not None else None
             request = Request(method, path, headers, match.params, body, request_id, slot)
             if route.body is None:
                 return await route.handler(request)

@@ -55,6 +55,7 @@ class Route:
       rounds whatever else is running.
     - `documented`: listed in /openapi.json.
     - `content_type`: the 200 answer's media type in /openapi.json.
+    - `context`: pydantic's validation context for `body` (settings a validator reads).
     """
 
     path: str
@@ -69,6 +70,7 @@ class Route:
     content_type: str = "application/json"
     summary: str = ""
     description: str = ""
+    context: Mapping[str, object] | None = None
 
     @property
     def template(self) -> str:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
+# /embed's default --max-input-chars; /v1/embeddings takes any length (the model truncates).
 MAX_TEXT_CHARS = 1024
+# The validation context key that carries the running server's --max-input-chars.
+MAX_INPUT_CHARS = "max_input_chars"
 
 
 def _not_blank(text: str) -> str:
@@ -22,8 +25,7 @@ NOT_BLANK_PATTERN = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u2
 Text = Annotated[
     str,
     Field(
-        max_length=MAX_TEXT_CHARS,
-        description="1-1024 characters, not whitespace only",
+        description="Not empty, not whitespace only",
         # minLength is documented only: `_not_blank` refuses "" with the same words as "   ".
         json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN},
     ),
@@ -31,10 +33,24 @@ Text = Annotated[
 ]
 
 
+def _within_limit(text: str, info: ValidationInfo) -> str:
+    context = info.context if isinstance(info.context, dict) else {}
+    limit = int(context.get(MAX_INPUT_CHARS, MAX_TEXT_CHARS))
+    if len(text) > limit:
+        raise ValueError(f"String should have at most {limit} characters")
+    return text
+
+
 class EmbedRequest(BaseModel):
+    """Validate with `context={MAX_INPUT_CHARS: settings.max_input_chars}` (default 1024)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    input_text: Text = Field(examples=["The quick brown fox jumps over the lazy dog."])
+    input_text: Annotated[Text, AfterValidator(_within_limit)] = Field(
+        description="1 to --max-input-chars (default 1024) characters, not whitespace only",
+        examples=["The quick brown fox jumps over the lazy dog."],
+        json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN, "maxLength": MAX_TEXT_CHARS},
+    )
 
 
 class EmbedResponse(BaseModel):

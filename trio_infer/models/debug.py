@@ -24,12 +24,21 @@ import numpy as np
 import trio
 
 from ..core.jobs import Vector
+from .truncation import token_ids, tokenize_heads
 
 DEBUG_DIMENSION = 384
 
 _SLEEP = re.compile(r"\[\[sleep:(\d+(?:\.\d*)?|\.\d+)\]\]")
 FAIL_MARKER = "[[fail]]"
 CRASH_MARKER = "[[crash]]"
+
+
+def _words(texts: list[str]) -> list[list[int]]:
+    return [[1000] * len(text.split()) for text in texts]
+
+
+def _wrap(content: list[int]) -> list[int]:
+    return [101, *content, 102]
 
 
 class DebugModelError(RuntimeError):
@@ -56,8 +65,10 @@ class DebugEmbedder:
 
     async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         await trio.lowlevel.checkpoint()
-        # One pseudo-token per whitespace word plus two markers, so length-aware batching still has lengths.
-        return [[101, *[1000] * min(len(text.split()), self.max_tokens - 2), 102] for text in texts]
+        # One pseudo-token per whitespace word plus two markers, so length-aware batching still has
+        # lengths; a long text is cut and counted as the real model's are (models/truncation.py).
+        heads = tokenize_heads(texts, _words, self.max_tokens - 2)
+        return [token_ids(content, total, exact, _wrap) for content, total, exact in heads]
 
     async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
         if self.faults:

@@ -17,6 +17,7 @@ import numpy as np
 from ..config import DEFAULT_MODEL_LABEL, Settings
 from ..core.jobs import Vector
 from .threads import configure_threads
+from .truncation import token_ids, tokenize_heads
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,16 @@ def pick_device(requested: str | None) -> str:
     if requested:
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single text's own (e.g. [CLS] and [SEP])."""
+    plain: list[int] = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full: list[int] = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    raise RuntimeError("cannot locate a text's ids among its tokenizer's special tokens")
 
 
 class SentenceTransformerModel:
@@ -62,6 +73,7 @@ class SentenceTransformerModel:
         self.dimension = int(self._model.get_embedding_dimension() or 0)
         self._tokenizer = self._model.tokenizer
         self._pad_id = int(self._tokenizer.pad_token_id or 0)
+        self._prefix, self._suffix = _special_tokens(self._tokenizer)
         self._wants_token_types = "token_type_ids" in getattr(self._tokenizer, "model_input_names", ())
         log.info(
             "loaded %s on %s (dimension %d, max %d tokens, %d threads)",
@@ -73,13 +85,26 @@ class SentenceTransformerModel:
         )
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's ids truncated to `max_tokens` (as the tokenizer's own truncation would give), as
+        `TokenIds` counting the text's tokens; only a bounded head of a long text is tokenized."""
+        limit = self.max_tokens - len(self._prefix) - len(self._suffix)
+        return [
+            token_ids(content, total, exact, self._wrap)
+            for content, total, exact in tokenize_heads(texts, self._content_ids, limit)
+        ]
+
+    def _wrap(self, content: list[int]) -> list[int]:
+        return [*self._prefix, *content, *self._suffix]
+
+    def _content_ids(self, texts: list[str]) -> list[list[int]]:
         encoded = self._tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=self.max_tokens,
+            texts,
+            add_special_tokens=False,
+            truncation=False,
             padding=False,
             return_attention_mask=False,
             return_token_type_ids=False,
+            verbose=False,  # heads are longer than the model reads on purpose: no length warning
         )
         ids: list[list[int]] = encoded["input_ids"]
         return ids
