@@ -26,6 +26,7 @@ the in-flight count, both restored in `finally` blocks, so a cancelled request l
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -96,8 +97,19 @@ class Pipeline:
         match = self.table.match(path, method)
         has_body = "transfer-encoding" in headers or headers.get("content-length", "0") not in ("0", "")
         state = _State(body_unread=has_body)
+        reply: Reply | None
         try:
-            reply = await self._reply(match, method, path, headers, request_id, receive, state)
+            try:
+                reply = await self._answer(match, method, path, headers, request_id, receive, state)
+            except _ClientLeft:
+                reply = None
+            except errors.ServiceError as error:
+                reply = error_reply(error, openai=_is_openai(path))
+                if isinstance(error, errors.MethodNotAllowed) and match.allowed:
+                    reply.headers.append((b"allow", ", ".join(match.allowed).encode()))  # RFC 9110
+            except Exception:
+                log.exception("unhandled error (request %s)", request_id)
+                reply = error_reply(errors.ServiceError("internal server error"), openai=_is_openai(path))
             if reply is None:
                 status = CLIENT_CLOSED
             else:
@@ -111,30 +123,6 @@ class Pipeline:
         elapsed = time.perf_counter() - started
         self._count(match.label, method, status, elapsed)
         access.log_access(method, path, status, elapsed, request_id)
-
-    async def _reply(
-        self,
-        match: Match,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        request_id: str,
-        receive: ASGIReceiveCallable,
-        state: _State,
-    ) -> Reply | None:
-        """The answer, errors mapped; None when the client left before it."""
-        try:
-            return await self._answer(match, method, path, headers, request_id, receive, state)
-        except _ClientLeft:
-            return None
-        except errors.ServiceError as error:
-            reply = error_reply(error, openai=_is_openai(path))
-            if isinstance(error, errors.MethodNotAllowed) and match.allowed:
-                reply.headers.append((b"allow", ", ".join(match.allowed).encode()))  # RFC 9110
-            return reply
-        except Exception:
-            log.exception("unhandled error (request %s)", request_id)
-            return error_reply(errors.ServiceError("internal server error"), openai=_is_openai(path))
 
     async def _answer(
         self,
@@ -168,39 +156,76 @@ class Pipeline:
             self._in_flight += 1
             self._in_progress.inc()
             state.counted = True
-        data = b""
         if route.body is not None:
-            data = await self._read_body(receive)
-            state.body_unread = False
+            return await self._answer_with_body(
+                route, match, method, path, headers, request_id, receive, state
+            )
         slot = NO_SLOT if route.probe else self._work.slot()
         await slot.acquire()
         try:
-            body = parse_model(data, route.body) if route.body is not None else None
-            request = Request(method, path, headers, match.params, body, request_id, slot)
-            if route.body is None:
-                return await route.handler(request)
-            return await _run_unless_client_leaves(route, request, receive)
+            return await route.handler(Request(method, path, headers, match.params, None, request_id, slot))
         finally:
             slot.release()
 
+    async def _answer_with_body(
+        self,
+        route: Route,
+        match: Match,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        request_id: str,
+        receive: ASGIReceiveCallable,
+        state: _State,
+    ) -> Reply | None:
+        """Read the body under its deadline, then run the handler; a disconnect cancels the handler.
+
+        One cancel scope serves both phases (the nursery's): it carries the body deadline while the
+        body is read, and the disconnect watcher's cancel while the handler runs. The handler's
+        errors are caught inside the nursery so they leave it as themselves, not in a group."""
+        assert route.body is not None
+        outcome: Reply | Exception | None = None
+        async with trio.open_nursery() as nursery:
+            scope = nursery.cancel_scope
+            scope.deadline = trio.current_time() + self._body_timeout
+            try:
+                data = await self._read_body(receive)
+                state.body_unread = False
+                scope.deadline = math.inf
+                slot = self._work.slot()
+                await slot.acquire()
+                try:
+                    body = parse_model(data, route.body)
+                    nursery.start_soon(_cancel_on_disconnect, receive, scope)
+                    request = Request(method, path, headers, match.params, body, request_id, slot)
+                    outcome = await route.handler(request)
+                finally:
+                    slot.release()
+            except Exception as error:
+                outcome = error
+            scope.cancel()
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome is None and state.body_unread:
+            raise errors.BodyTimeout(f"the body did not arrive within {self._body_timeout:g} s")
+        return outcome  # None: the disconnect watcher cancelled the handler
+
     async def _read_body(self, receive: ASGIReceiveCallable) -> bytes:
-        """The whole body. Raises PayloadTooLarge past the limit, BodyTimeout when it is not complete
-        within `--body-timeout`, _ClientLeft when the client disconnects first."""
+        """The whole body. Raises PayloadTooLarge past the limit, _ClientLeft when the client
+        disconnects first."""
         chunks: list[bytes] = []
         size = 0
-        with trio.move_on_after(self._body_timeout):
-            while True:
-                event = await receive()
-                if event["type"] != "http.request":
-                    raise _ClientLeft
-                chunk = event.get("body", b"")
-                size += len(chunk)
-                if size > self._max_body:
-                    raise errors.PayloadTooLarge(f"the body exceeds {self._max_body} bytes")
-                chunks.append(chunk)
-                if not event.get("more_body", False):
-                    return b"".join(chunks)
-        raise errors.BodyTimeout(f"the body did not arrive within {self._body_timeout:g} s")
+        while True:
+            event = await receive()
+            if event["type"] != "http.request":
+                raise _ClientLeft
+            chunk = event.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise errors.PayloadTooLarge(f"the body exceeds {self._max_body} bytes")
+            chunks.append(chunk)
+            if not event.get("more_body", False):
+                return b"".join(chunks)
 
 
 class _State:
@@ -209,24 +234,6 @@ class _State:
     def __init__(self, *, body_unread: bool) -> None:
         self.body_unread = body_unread  # answering now leaves body bytes on the connection
         self.counted = False  # counted against --max-concurrent-requests
-
-
-async def _run_unless_client_leaves(
-    route: Route, request: Request, receive: ASGIReceiveCallable
-) -> Reply | None:
-    """The handler's reply; None if the client disconnected first (the handler is cancelled)."""
-    outcome: Reply | BaseException | None = None
-    # The handler's errors are caught inside the nursery so they leave it as themselves, not in a group.
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-        try:
-            outcome = await route.handler(request)
-        except Exception as error:
-            outcome = error
-        nursery.cancel_scope.cancel()
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
 
 
 async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:

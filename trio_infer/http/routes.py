@@ -106,6 +106,16 @@ class Match:
 
 _NO_PARAMS: Mapping[str, str] = {}
 UNMATCHED = "unmatched"
+_UNMATCHED = Match(None, UNMATCHED, _NO_PARAMS, (), False)
+
+
+def _found(route: Route, label: str, params: Mapping[str, str]) -> Match:
+    return Match(route, label, params, (), route.open)
+
+
+def _refused(methods: Mapping[str, Route], label: str, params: Mapping[str, str]) -> Match:
+    """The path exists but not with this method: 405, open only if every route of the path is."""
+    return Match(None, label, params, tuple(sorted(methods)), all(r.open for r in methods.values()))
 
 
 class RouteTable:
@@ -131,22 +141,27 @@ class RouteTable:
             if route.method == "GET" and "HEAD" not in table:
                 table["HEAD"] = route
 
+        # Exact paths' answers are built once: the lookup on the hot path allocates nothing.
+        self._exact_matches = {
+            path: (
+                {m: _found(r, path, _NO_PARAMS) for m, r in methods.items()},
+                _refused(methods, path, _NO_PARAMS),
+            )
+            for path, methods in self._exact.items()
+        }
+
     def match(self, path: str, method: str) -> Match:
-        methods = self._exact.get(path)
-        params = _NO_PARAMS
-        label = path
-        if methods is None:
-            for pattern, template, table in self._patterns:
-                found = pattern.fullmatch(path)
-                if found is not None:
-                    methods, params, label = table, found.groupdict(), template
-                    break
-            else:
-                return Match(None, UNMATCHED, _NO_PARAMS, (), False)
-        route = methods.get(method)
-        if route is not None:
-            return Match(route, label, params, (), route.open)
-        return Match(None, label, params, tuple(sorted(methods)), all(r.open for r in methods.values()))
+        exact = self._exact_matches.get(path)
+        if exact is not None:
+            found, refused = exact
+            return found.get(method, refused)
+        for pattern, template, table in self._patterns:
+            hit = pattern.fullmatch(path)
+            if hit is not None:
+                route = table.get(method)
+                params = hit.groupdict()
+                return _found(route, template, params) if route else _refused(table, template, params)
+        return _UNMATCHED
 
     def labels(self) -> list[tuple[str, str, tuple[int, ...]]]:
         """(route label, method, statuses) of every declared route, for metrics present from start-up."""
