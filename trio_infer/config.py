@@ -32,6 +32,10 @@ class Settings:
     model_name: str | None = None  # None: the bundled all-MiniLM-L6-v2
     hf_token: str | None = None
     device: str | None = None  # None: cuda if available, else cpu
+    backend: str = "auto"  # auto, torch, openvino or onnx
+    quantize: str = "none"  # none or int8
+    dtype: str = "auto"  # torch's dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16
+    cache_dir: str = "~/.cache/trio-infer"  # exported models and auto's decision
 
     @property
     def model_label(self) -> str:
@@ -82,7 +86,25 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
         float,
         "seconds a forward pass may run before /health turns 503",
     ),
+    (
+        "backend",
+        "BACKEND",
+        str,
+        "auto, torch, openvino or onnx; auto measures which backend is fastest here with torch's vectors",
+    ),
+    ("quantize", "QUANTIZE", str, "none or int8 (openvino, onnx; costs a little accuracy)"),
+    (
+        "dtype",
+        "DTYPE",
+        str,
+        "torch backend's dtype: auto (float16 on CUDA, else float32), float32, float16, bfloat16",
+    ),
+    ("cache_dir", "TRIO_INFER_CACHE_DIR", str, "where exported models and auto's decision are cached"),
 )
+
+BACKENDS = ("auto", "torch", "openvino", "onnx")
+QUANTIZATIONS = ("none", "int8")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 _EPILOG = """\
 model selection (environment only):
@@ -146,6 +168,8 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     values["api_key"] = values["api_key"] or None
     values["log_level"] = values["log_level"].lower()
     values["log_format"] = values["log_format"].lower()
+    for name in ("backend", "quantize", "dtype"):
+        values[name] = values[name].lower()
     settings = Settings(
         **values,
         model_name=env.get("MODEL_NAME") or None,
@@ -176,4 +200,16 @@ def validate(settings: Settings) -> list[str]:
         problems.append("--log-level must be debug, info, warning, error or critical")
     if settings.log_format not in ("text", "json"):
         problems.append("--log-format must be text or json")
+    if settings.backend not in BACKENDS:
+        problems.append("--backend must be auto, torch, openvino or onnx")
+    if settings.quantize not in QUANTIZATIONS:
+        problems.append("--quantize must be none or int8")
+    if settings.dtype not in DTYPES:
+        problems.append("--dtype must be auto, float32, float16 or bfloat16")
+    if settings.quantize == "int8" and settings.backend == "torch":
+        problems.append("--quantize int8 needs --backend openvino, onnx or auto")
+    if settings.dtype != "auto" and settings.backend != "torch":
+        problems.append("--dtype needs --backend torch (openvino and onnx take --quantize)")
+    if not settings.cache_dir.strip():
+        problems.append("--cache-dir must not be empty")
     return problems

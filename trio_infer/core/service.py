@@ -42,6 +42,10 @@ class EmbeddingService:
         self.device = batcher.embedder.device
         self.dimension = batcher.embedder.dimension
         metrics.model_info.labels(model=self.model_name, device=self.device).set(1)
+        self.backend, self.precision = (
+            getattr(batcher.embedder, k, "unknown") for k in ("backend", "precision")
+        )
+        metrics.backend_info.labels(backend=self.backend, precision=self.precision).set(1)
 
     def admit(self, texts: Sequence[str], *, time_limit: float | None = None, request_id: str = "") -> Ticket:
         """Admit all of `texts` to the batcher, or none; never blocks. Returns the ticket to `wait` on.
@@ -107,6 +111,8 @@ class EmbeddingService:
             "status": "healthy" if self.healthy() else "unhealthy",
             "model": self.model_name,
             "device": self.device,
+            "backend": self.backend,
+            "precision": self.precision,
             "queue_size": self.batcher.queue_size,
             "inflight_batches": self.batcher.inflight_batches,
             "max_batch_tokens": self.batcher.limits.max_batch_tokens,

@@ -22,6 +22,8 @@ class Model(Protocol):
     device: str
     dimension: int
     max_tokens: int
+    backend: str  # torch, openvino or onnx
+    precision: str  # e.g. float32, float16, bfloat16, int8
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, truncated to `max_tokens`, unpadded."""
@@ -51,6 +53,8 @@ class ThreadedEmbedder:
         self.device = model.device
         self.dimension = model.dimension
         self.max_tokens = model.max_tokens
+        self.backend = model.backend
+        self.precision = model.precision
         self._limiter = trio.CapacityLimiter(1)
 
     async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import DEBUG_MODEL, Settings
 from ..core.embedder import AsyncEmbedder
 from ..core.formation import CostModel
 from .calibration import calibrate, choose_token_budget
-from .embedder import ThreadedEmbedder
+from .embedder import Model, ThreadedEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,26 @@ class LoadedModel:
     max_batch_tokens: int
 
 
+def build_model(settings: Settings) -> Model:
+    """The blocking model for `--backend`/`--quantize`/`--dtype`, exporting into `--cache-dir` if needed."""
+    from .sentence_transformer import SentenceTransformerModel
+
+    if settings.backend in ("openvino", "onnx") and settings.device is None:
+        # The exported backends run on the CPU; export from a CPU copy even where CUDA is present.
+        settings = dataclasses.replace(settings, device="cpu")
+    base = SentenceTransformerModel(settings)
+    if settings.backend == "torch":
+        return base
+    from .backends import BackendBuilder
+
+    builder = BackendBuilder(base, Path(settings.cache_dir).expanduser())
+    if settings.backend == "auto":
+        from .auto_backend import choose
+
+        return choose(base, builder, settings.quantize)
+    return builder.build(settings.backend, settings.quantize)
+
+
 def load_model(settings: Settings) -> LoadedModel:
     """Load the model, fit its cost model and pick the padded-token budget (unless configured)."""
     embedder: AsyncEmbedder
@@ -33,9 +55,8 @@ def load_model(settings: Settings) -> LoadedModel:
         embedder = DebugEmbedder()
         cost = _DEBUG_COST
     else:
-        from .sentence_transformer import SentenceTransformerModel
-
-        model = SentenceTransformerModel(settings)
+        model = build_model(settings)
+        log.info("serving with the %s backend in %s", model.backend, model.precision)
         cost = calibrate(model)
         embedder = ThreadedEmbedder(model)
     budget = settings.max_batch_tokens
