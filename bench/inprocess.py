@@ -83,3 +83,28 @@ def sorted_batches(model: Any, texts: list[str], min_seconds: float) -> Ceiling:
         for i in range(0, len(order), BATCH_SIZE)
     ]
     return _timed(f"in-process sorted batches of {BATCH_SIZE}", calls, len(texts), min_seconds)
+
+
+class BackendEncoder:
+    """A trio-infer backend model (`build_model`) with the slice of `SentenceTransformer`'s interface the
+    ceilings use: `encode(text | texts)`, `tokenizer`, `max_seq_length`. Same tokenize-then-embed path
+    as the server's batcher, without the batcher."""
+
+    def __init__(self, backend: str, quantize: str) -> None:
+        from trio_infer.config import Settings
+        from trio_infer.models.loading import build_model
+
+        self.model = build_model(Settings(backend=backend, quantize=quantize, device="cpu"))
+        self.backend, self.precision = self.model.backend, self.model.precision
+        self.max_seq_length = self.model.max_tokens
+
+    def tokenizer(self, text: str, **_: object) -> dict[str, list[int]]:
+        return {"input_ids": self.model.tokenize([text])[0]}
+
+    def encode(self, texts: str | list[str], batch_size: int = BATCH_SIZE) -> Any:
+        batch = [texts] if isinstance(texts, str) else texts
+        vectors = []
+        for first in range(0, len(batch), batch_size):
+            chunk = batch[first : first + batch_size]
+            vectors += self.model.embed(chunk, self.model.tokenize(chunk))
+        return vectors[0] if isinstance(texts, str) else vectors

@@ -183,6 +183,9 @@ def _measure(base: SentenceTransformerModel, builder: BackendBuilder, quantize: 
     log.info("auto backend: chose %s (%s)", best.backend, best.precision)
     record = {"backend": best.backend, "trials": [asdict(t) for t, _ in trials], "measured": time.time()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, path)
+    except OSError as error:  # a read-only cache: serve anyway, measure again next start
+        log.warning("auto backend: could not store the decision in %s: %s", path, error)
     return model

@@ -82,14 +82,20 @@ def verify(directory: Path) -> dict[str, object]:
     return result
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+def _locked(lock_path: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on `lock_path`; opening it (which may fail with OSError) happens now."""
+    handle = lock_path.open("a+")
+
+    @contextlib.contextmanager
+    def held() -> Iterator[None]:
+        with handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    return held()
 
 
 def _discard(path: Path) -> None:
@@ -102,9 +108,19 @@ def _discard(path: Path) -> None:
 
 def ensure_entry(root: Path, name: str, build: Callable[[Path], None], *, what: str) -> Path:
     """The verified entry `root/name`, exported by `build(temporary_directory)` first if needed."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / name
-    with _locked(root / f".{name}.lock"):
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = _locked(root / f".{name}.lock")
+    except OSError as error:
+        # A read-only cache (e.g. baked into an image, run as another user) is fine while it is complete.
+        try:
+            verify(final)
+        except CorruptEntry:
+            raise error from None
+        log.info("%s: reusing the cached export %s (read-only cache)", what, final)
+        return final
+    with lock:
         if final.exists():
             try:
                 verify(final)

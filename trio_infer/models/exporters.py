@@ -78,10 +78,20 @@ def export_onnx(model: SentenceTransformerModel, directory: Path) -> None:
 
 def quantize_onnx(source: Path, directory: Path) -> None:
     """`directory/model.onnx`: ONNX Runtime's dynamic int8 quantization of `source` (weights int8,
-    activations quantized per call, so no calibration data)."""
+    activations quantized per call, so no calibration data).
+
+    Per-channel weight scales with a 7-bit range: on CPUs without VNNI the u8 x s8 kernels saturate
+    16-bit intermediate sums, and plain per-tensor int8 gave a mean cosine to torch of 0.95 on AVX2.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(directory / ONNX_FILE), weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        str(source),
+        str(directory / ONNX_FILE),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=True,
+    )
 
 
 def export_openvino(
