@@ -27,6 +27,7 @@ import numpy as np
 from ..core.jobs import Vector
 from .backends import BackendBuilder, library_versions
 from .embedder import Model
+from .export_cache import locked
 from .probe_texts import probe_texts
 from .sentence_transformer import SentenceTransformerModel
 
@@ -141,15 +142,29 @@ def choose(base: SentenceTransformerModel, builder: BackendBuilder, quantize: st
         log.info("auto backend: torch in %s on %s", base.precision, base.device)
         return base
     path = _decision_path(builder, quantize)
-    try:
-        decision = json.loads(path.read_text())
-        chosen = str(decision["backend"])
-        if chosen not in candidates(quantize):
-            raise ValueError(chosen)
-    except (OSError, ValueError, KeyError, TypeError):
-        return _measure(base, builder, quantize, path)
+    chosen = _decision(path, quantize)
+    if chosen is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = locked(path.with_suffix(".lock"))
+        except OSError:
+            return _measure(base, builder, quantize, path)
+        # Several workers starting at once: one measures (timings of processes sharing the CPU would
+        # be noise), the others wait and read its decision.
+        with lock:
+            chosen = _decision(path, quantize)
+            if chosen is None:
+                return _measure(base, builder, quantize, path)
     log.info("auto backend: %s (decided on this machine earlier, %s)", chosen, path)
     return base if chosen == "torch" else builder.build(chosen, quantize)
+
+
+def _decision(path: Path, quantize: str) -> str | None:
+    try:
+        chosen = str(json.loads(path.read_text())["backend"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return chosen if chosen in candidates(quantize) else None
 
 
 def _measure(base: SentenceTransformerModel, builder: BackendBuilder, quantize: str, path: Path) -> Model:

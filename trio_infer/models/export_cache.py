@@ -82,7 +82,7 @@ def verify(directory: Path) -> dict[str, object]:
     return result
 
 
-def _locked(lock_path: Path) -> contextlib.AbstractContextManager[None]:
+def locked(lock_path: Path) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock on `lock_path`; opening it (which may fail with OSError) happens now."""
     handle = lock_path.open("a+")
 
@@ -111,7 +111,7 @@ def ensure_entry(root: Path, name: str, build: Callable[[Path], None], *, what: 
     final = root / name
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock = _locked(root / f".{name}.lock")
+        lock = locked(root / f".{name}.lock")
     except OSError as error:
         # A read-only cache (e.g. baked into an image, run as another user) is fine while it is complete.
         try:
@@ -156,6 +156,6 @@ def load_entry(
         return load(path)
     except Exception as error:  # a damaged or incompatible export: the runtime's own error types vary
         log.warning("%s: cache entry %s failed to load (%s); exporting it again", what, path, error)
-        with _locked(root / f".{name}.lock"):
+        with locked(root / f".{name}.lock"):
             _discard(path)
     return load(ensure_entry(root, name, build, what=what))
