@@ -91,10 +91,15 @@ class BackendEncoder:
     as the server's batcher, without the batcher."""
 
     def __init__(self, backend: str, quantize: str) -> None:
+        import os
+
         from trio_infer.config import Settings
         from trio_infer.models.loading import build_model
 
-        self.model = build_model(Settings(backend=backend, quantize=quantize, device="cpu"))
+        cache_dir = os.environ.get("TRIO_INFER_CACHE_DIR") or Settings().cache_dir  # the server's too
+        self.model = build_model(
+            Settings(backend=backend, quantize=quantize, device="cpu", cache_dir=cache_dir)
+        )
         self.backend, self.precision = self.model.backend, self.model.precision
         self.max_seq_length = self.model.max_tokens
 
