@@ -170,7 +170,7 @@ def _decision(path: Path, quantize: str) -> str | None:
 def _measure(base: SentenceTransformerModel, builder: BackendBuilder, quantize: str, path: Path) -> Model:
     log.info("auto backend: measuring %s on %d probe texts ...", ", ".join(candidates(quantize)), _PROBES)
     ids = base.tokenize(probe_texts(_PROBES))
-    reference = [base.embed([""], [one])[0] for one in ids]
+    reference, _ = _embed_in_batches(base, ids)  # padding moves torch's vectors by ~1e-7 at most
     trials: list[tuple[Trial, Model]] = []
     for name in candidates(quantize):
         try:

@@ -9,6 +9,7 @@ downloaded: the weights come from the model already in memory, int8 calibration 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,17 @@ def _transformer_only(model: SentenceTransformerModel) -> Any:
 def export_onnx(model: SentenceTransformerModel, directory: Path) -> None:
     """`directory/model.onnx`: the fp32 transformer with dynamic batch and sequence axes."""
     import torch
+    from torch.jit._trace import TracerWarning
 
     wrapper = _transformer_only(model)
     sample = feeds(model, model.tokenize(["an example text to trace", "short"]))
     args = tuple(torch.from_numpy(sample[name]) for name in input_names(model))
     axes = {name: {0: "batch", 1: "sequence"} for name in [*input_names(model), "token_embeddings"]}
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter's deprecation notice and tracing notes about shape checks that are
+        # constant for an encoder: noise in an operator's start-up log.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", TracerWarning)
         torch.onnx.export(
             wrapper,
             args,
