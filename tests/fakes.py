@@ -34,6 +34,8 @@ class FakeEmbedder:
 
     name = "fake-model"
     device = "cpu"
+    backend = "fake"
+    precision = "none"
     dimension = 8
     max_tokens = 512
 
