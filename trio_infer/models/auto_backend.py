@@ -109,8 +109,8 @@ def _trial(model: Model, ids: list[list[int]], reference: list[Vector], quantize
     mean, low = float(similar.mean()), float(similar.min())
     accepted = mean >= INT8_MEAN_COSINE if quantize == "int8" else low >= MATCH_MIN_COSINE
     return Trial(
-        backend=getattr(model, "backend", "torch"),
-        precision=getattr(model, "precision", "float32"),
+        backend=model.backend,
+        precision=model.precision,
         single_rate=_SINGLES / single_seconds,
         batch_rate=len(ids) / batch_seconds,
         mean_cosine=mean,
