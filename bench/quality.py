@@ -30,11 +30,14 @@ def _vectors(encoder: BackendEncoder, texts: list[str]) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """`argv`: optional `backend:quantize` names to measure (default: all); torch is always the reference."""
+    wanted = {tuple(a.split(":", 1)) for a in argv}
+    variants = [v for v in VARIANTS if v == ("torch", "none") or not wanted or v in wanted]
     texts, asks = corpus.make_corpus(), queries()
     rows = []
     reference: tuple[np.ndarray, np.ndarray] | None = None
-    for backend, quantize in VARIANTS:
+    for backend, quantize in variants:
         encoder = BackendEncoder(backend, quantize)
         docs, qs = _vectors(encoder, texts), _vectors(encoder, asks)
         if reference is None:
@@ -58,4 +61,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

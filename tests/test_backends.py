@@ -170,3 +170,24 @@ def test_backend_flags_and_their_environment_variables() -> None:
     assert load_settings(["--backend", "openvino"], env=env).backend == "openvino"
     torch_half = load_settings(["--backend", "torch", "--dtype", "bfloat16"], env={})
     assert torch_half.dtype == "bfloat16"
+
+
+def test_export_command_prebuilds_and_then_reuses_the_cache(builder: BackendBuilder, cache_dir: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    builder.build("onnx", "none")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MODEL_NAME": "", "DEVICE": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_infer", "export", "--backend", "onnx", "--cache-dir", str(cache_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "reusing the cached export" in output and "exporting into" not in output
+    assert "export cache ready" in output and "onnx backend in float32" in output

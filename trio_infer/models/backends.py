@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # Bump when an export's recipe changes in a way the library versions do not show.
 EXPORT_FORMAT = 1
+# Per (backend, quantize) recipe versions, so a changed recipe re-exports only its own entries.
+_RECIPES = {("onnx", "int8"): 2}  # 2: per-channel u8 weights, MatMuls only
 EXPORTED_BACKENDS = ("openvino", "onnx")
 _LIBRARIES = ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime", "openvino", "nncf")
 
@@ -65,6 +67,7 @@ def entry_name(model: SentenceTransformerModel, fingerprint: str, backend: str, 
             "model": fingerprint,
             "backend": backend,
             "quantize": quantize,
+            "recipe": _RECIPES.get((backend, quantize), 1),
             "libraries": library_versions(),
         },
         sort_keys=True,
