@@ -97,7 +97,7 @@ def model_part(texts: list[str], settings: Settings) -> Section:
     inprocess.warm_up(model, texts)
     before = _ceilings(model, texts, settings)
     port, _ = _ports(settings)
-    args = ["-m", "trio_infer", "--port", str(port)]
+    args = ["-m", "trio_infer", "--port", str(port), "--backend", "torch"]
     served: list[tuple[Row, str, cpu.Span]] = []
     print(f"starting trio-infer on port {port} ...", flush=True)
     try:
