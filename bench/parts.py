@@ -13,9 +13,9 @@ import trio
 from bench import client, cpu, inprocess, metrics, server, wrk
 from bench.report import Row, Section
 
-TARGET_SINGLE = 0.85
-TARGET_BATCH = 0.85
-TARGET_SERVING = 0.80
+TARGET_SINGLE = 0.90
+TARGET_BATCH = 0.90
+TARGET_SERVING = 0.90
 T = TypeVar("T")
 NOISY_CORES = 0.15  # other processes using more than this during a run make its figures suspect
 
