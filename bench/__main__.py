@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench import corpus, report
+from bench.backends import backends_part
 from bench.parts import Settings, model_part, serving_part
 from bench.server import REPO_ROOT, RESULTS_DIR
 
@@ -31,6 +32,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="short runs for smoke testing (writes bench/results/)"
     )
     p.add_argument("--skip-model", action="store_true", help="skip the real-model part (in-process + server)")
+    p.add_argument(
+        "--skip-backends", action="store_true", help="skip the backend rows (openvino, onnx, int8)"
+    )
     p.add_argument(
         "--skip-wrk", action="store_true", help="skip the serving-path part (debug model vs bare, wrk)"
     )
@@ -105,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     parts: list[tuple[str, bool, Callable[[], report.Section]]] = [
         ("model", args.skip_model, lambda: model_part(texts, settings)),
+        (
+            "backends",
+            args.skip_model or args.skip_backends,
+            lambda: backends_part(texts, settings, sections[0]),
+        ),
         ("serving", args.skip_wrk, lambda: serving_part(settings)),
     ]
     for name, skip, run in parts:

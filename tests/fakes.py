@@ -35,6 +35,8 @@ class FakeEmbedder:
 
     name = "fake-model"
     device = "cpu"
+    backend = "fake"
+    precision = "none"
     dimension = 8
     max_tokens = 512
 

@@ -74,7 +74,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         inherited = {key: value for key, value in os.environ.items() if key not in SETTINGS_ENV}
-        env = {**inherited, "MODEL_NAME": "debug", "HF_HUB_OFFLINE": "1", **self.env}
+        # torch unless a test asks for another backend: `auto` would export and measure at every fresh start.
+        env = {**inherited, "MODEL_NAME": "debug", "BACKEND": "torch", "HF_HUB_OFFLINE": "1", **self.env}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [

@@ -214,6 +214,8 @@ async def test_health(client: Client) -> None:
         "status": "healthy",
         "model": "fake-model",
         "device": "cpu",
+        "backend": "fake",
+        "precision": "none",
         "queue_size": 0,
         "inflight_batches": 0,
         "max_batch_tokens": 4096,

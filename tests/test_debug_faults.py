@@ -35,7 +35,7 @@ def test_the_flag_and_its_environment_variable() -> None:
     assert load_settings([], env={}).debug_faults is False
     assert load_settings(["--debug-faults"], env={}).debug_faults is True
     assert load_settings([], env={"DEBUG_FAULTS": "1"}).debug_faults is True
-    assert load_settings(["--no-debug-faults"], env={"DEBUG_FAULTS": "true"}).debug_faults is False
+    assert load_settings(["--debug-faults=off"], env={"DEBUG_FAULTS": "true"}).debug_faults is False
 
 
 @pytest.mark.e2e

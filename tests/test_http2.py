@@ -203,6 +203,7 @@ async def test_an_error_in_one_connection_closes_only_that_connection(
 
     port = free_port()
     config = trio_infer_serve.hypercorn_config(Settings(host="127.0.0.1", port=port, http2=True))
+    config.bind = [f"127.0.0.1:{port}"]  # serve.main binds its own socket; this test serves the app alone
 
     def exchange() -> None:
         client = Client(port)

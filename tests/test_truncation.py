@@ -157,7 +157,11 @@ def test_max_input_chars_flag_env_and_range() -> None:
     assert load_settings([], env={}).max_input_chars == 1024
     assert load_settings([], env={"MAX_INPUT_CHARS": "4096"}).max_input_chars == 4096
     assert load_settings(["--max-input-chars", "10"], env={}).max_input_chars == 10
-    for bad in (["--max-input-chars", "0"], ["--max-input-chars", "many"], ["--max-input-chars", "1e3"]):
+    for bad in (
+        ["--max-input-chars", "0"],
+        ["--max-input-chars", "many"],
+        ["--max-input-chars", "5000", "--max-body-size", "4096"],
+    ):
         with pytest.raises(SystemExit):
             load_settings(bad, env={})
 

@@ -20,7 +20,16 @@ log = logging.getLogger("trio_infer")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = load_settings(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    # --- `export` subcommand (issue 11): pre-build the export cache with the server's own settings.
+    if args[:1] == ["export"]:
+        settings = load_settings(args[1:])
+        configure_logging(settings.log_level, settings.log_format, buffered=False)
+        from .models.prebuild import prebuild
+
+        sys.exit(prebuild(settings))
+    # --- end of `export`
+    settings = load_settings(args)
     # The supervisor of several workers logs rarely and runs no flushing task: write through.
     configure_logging(
         settings.log_level,

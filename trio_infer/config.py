@@ -52,6 +52,10 @@ class Settings:
     write_timeout: float = 30.0
     max_connections: int = 1024
     debug_faults: bool = False
+    backend: str = "auto"  # auto, torch, openvino or onnx
+    quantize: str = "none"  # none or int8
+    dtype: str = "auto"  # torch's dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16
+    cache_dir: str = "~/.cache/trio-infer"  # exported models and auto's decision
     max_input_chars: int = 1024
 
     @property
@@ -359,6 +363,30 @@ _FLAGS: tuple[Setting, ...] = (
         "let the debug model obey its fault markers ([[sleep:S]], [[fail]], [[crash]]); tests only",
     ),
     Setting(
+        "backend",
+        "BACKEND",
+        Choice(("auto", "torch", "openvino", "onnx")),
+        "inference backend; auto measures which backend is fastest here with torch's vectors",
+    ),
+    Setting(
+        "quantize",
+        "QUANTIZE",
+        Choice(("none", "int8")),
+        "int8: quantized weights (openvino, onnx or auto; costs a little accuracy)",
+    ),
+    Setting(
+        "dtype",
+        "DTYPE",
+        Choice(("auto", "float32", "float16", "bfloat16")),
+        "the torch backend's dtype; auto: float16 on CUDA, else float32",
+    ),
+    Setting(
+        "cache_dir",
+        "TRIO_INFER_CACHE_DIR",
+        Text(what="a directory path"),
+        "where exported models and auto's decision are cached",
+    ),
+    Setting(
         "max_input_chars",
         "MAX_INPUT_CHARS",
         Integer(1, 1 << 30),
@@ -477,7 +505,25 @@ def parse_settings(args: Mapping[str, str | None], env: Mapping[str, str]) -> Se
             values[setting.name] = setting.kind.parse(raw)
         except ValueError as error:
             raise SettingError(f"{setting.source(from_flag)}: {error}, got {_shown(setting, raw)}") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    _check_combinations(settings)
+    return settings
+
+
+def _check_combinations(settings: Settings) -> None:
+    """Settings valid alone that cannot work together; raises SettingError."""
+    if settings.quantize == "int8" and settings.backend == "torch":
+        raise SettingError("--quantize int8: needs --backend openvino, onnx or auto, got --backend torch")
+    if settings.dtype != "auto" and settings.backend != "torch":
+        raise SettingError(
+            f"--dtype {settings.dtype}: needs --backend torch (openvino and onnx take --quantize), "
+            f"got --backend {settings.backend}"
+        )
+    if settings.max_input_chars > settings.max_body_size:
+        raise SettingError(
+            f"--max-input-chars {settings.max_input_chars}: must not exceed --max-body-size "
+            f"({settings.max_body_size}): no longer text can arrive"
+        )
 
 
 def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:

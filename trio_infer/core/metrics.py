@@ -133,6 +133,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.backend_info = Gauge(
+            "trio_infer_backend_info",
+            "The inference backend and its precision (value always 1)",
+            ["backend", "precision"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.max_batch_tokens = Gauge(
             "trio_infer_max_batch_tokens",
             "Padded-token budget of a forward pass in force",

@@ -49,6 +49,10 @@ class EmbeddingService:
         metrics.model_info.labels(model=self.model_name, device=self.device).set(1)
         self._reported_call: ModelCall | None = None
         self._reported_failures = False
+        self.backend, self.precision = (
+            getattr(batcher.embedder, k, "unknown") for k in ("backend", "precision")
+        )
+        metrics.backend_info.labels(backend=self.backend, precision=self.precision).set(1)
 
     def admit(
         self,
@@ -149,6 +153,8 @@ class EmbeddingService:
             "status": "healthy" if problem is None else "unhealthy",
             "model": self.model_name,
             "device": self.device,
+            "backend": self.backend,
+            "precision": self.precision,
             "queue_size": self.batcher.queue_size,
             "inflight_batches": self.batcher.inflight_batches,
             "max_batch_tokens": self.batcher.limits.max_batch_tokens,

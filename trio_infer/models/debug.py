@@ -57,6 +57,8 @@ class DebugEmbedder:
 
     name = "debug"
     device = "cpu"
+    backend = "debug"
+    precision = "none"
     dimension = DEBUG_DIMENSION
     max_tokens = 512
 

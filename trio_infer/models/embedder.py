@@ -25,6 +25,8 @@ class Model(Protocol):
     device: str
     dimension: int
     max_tokens: int
+    backend: str  # torch, openvino or onnx
+    precision: str  # e.g. float32, float16, bfloat16, int8
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, truncated to `max_tokens`, unpadded."""
@@ -54,6 +56,8 @@ class ThreadedEmbedder:
         self.device = model.device
         self.dimension = model.dimension
         self.max_tokens = model.max_tokens
+        self.backend = model.backend
+        self.precision = model.precision
         self._model_limiter = trio.CapacityLimiter(1)
         parallel = bool(getattr(model, "tokenize_in_parallel", False))
         self._tokenizer_limiter = trio.CapacityLimiter(1) if parallel else self._model_limiter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from ..config import DEBUG_MODEL, Settings
 from ..core.embedder import AsyncEmbedder
 from ..core.formation import CostModel
 from .calibration import calibrate, choose_token_budget
-from .embedder import ThreadedEmbedder
+from .embedder import Model, ThreadedEmbedder
 from .shared_calibration import Calibration, calibrate_once
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,26 @@ class LoadedModel:
     embedder: AsyncEmbedder
     cost: CostModel
     max_batch_tokens: int
+
+
+def build_model(settings: Settings) -> Model:
+    """The blocking model for `--backend`/`--quantize`/`--dtype`, exporting into `--cache-dir` if needed."""
+    from .sentence_transformer import SentenceTransformerModel
+
+    if settings.backend in ("openvino", "onnx") and settings.device is None:
+        # The exported backends run on the CPU; export from a CPU copy even where CUDA is present.
+        settings = dataclasses.replace(settings, device="cpu")
+    base = SentenceTransformerModel(settings)
+    if settings.backend == "torch":
+        return base
+    from .backends import BackendBuilder
+
+    builder = BackendBuilder(base, Path(settings.cache_dir).expanduser())
+    if settings.backend == "auto":
+        from .auto_backend import choose
+
+        return choose(base, builder, settings.quantize)
+    return builder.build(settings.backend, settings.quantize)
 
 
 def load_model(settings: Settings, *, shared_calibration: Path | None = None) -> LoadedModel:
@@ -40,13 +61,11 @@ def load_model(settings: Settings, *, shared_calibration: Path | None = None) ->
         log.info("max batch tokens: %d (%s)", budget, source)
         return LoadedModel(embedder=debug, cost=_DEBUG_COST, max_batch_tokens=budget)
 
-    from .sentence_transformer import SentenceTransformerModel
-
-    model: SentenceTransformerModel | None = None
+    model: Model | None = None
 
     def fit() -> Calibration:
         nonlocal model
-        model = SentenceTransformerModel(settings)
+        model = build_model(settings)
         cost = calibrate(model)
         return Calibration(cost, _budget(settings, cost, model.max_tokens))
 
@@ -55,7 +74,8 @@ def load_model(settings: Settings, *, shared_calibration: Path | None = None) ->
     else:
         calibration, produced = calibrate_once(shared_calibration, fit)
     if model is None:
-        model = SentenceTransformerModel(settings)
+        model = build_model(settings)
+    log.info("serving with the %s backend in %s", model.backend, model.precision)
     log.info("max batch tokens: %d (%s)", calibration.max_batch_tokens, _source(settings, produced=produced))
     return LoadedModel(
         embedder=ThreadedEmbedder(model), cost=calibration.cost, max_batch_tokens=calibration.max_batch_tokens

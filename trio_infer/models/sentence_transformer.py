@@ -47,12 +47,32 @@ def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     raise RuntimeError("cannot locate a text's ids among its tokenizer's special tokens")
 
 
+def torch_dtype_name(requested: str, device: str) -> str:
+    """`--dtype auto`: float16 on CUDA, float32 elsewhere (half precision is slow on most CPUs)."""
+    if requested != "auto":
+        return requested
+    return "float16" if device.startswith("cuda") else "float32"
+
+
+def pad(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded `input_ids` and `attention_mask` (int64), as wide as the longest text."""
+    longest = max(len(ids) for ids in token_ids)
+    input_ids = np.full((len(token_ids), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(token_ids), longest), dtype=np.int64)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
 class SentenceTransformerModel:
     """Blocking; load and call from a worker thread. Not thread-safe (the tokenizer keeps state), but
     `embed` never touches the tokenizer (it pads the ids itself), so one thread may tokenize while
     another embeds."""
 
     tokenize_in_parallel = True
+
+    backend = "torch"
 
     def __init__(self, settings: Settings) -> None:
         # Bundled weights must not trigger hub look-ups (there may be no network).
@@ -68,17 +88,22 @@ class SentenceTransformerModel:
         source = settings.model_name or str(bundled_model_path())
         self._model = SentenceTransformer(source, device=self.device, token=settings.hf_token)
         self._model.eval()
+        self.precision = torch_dtype_name(settings.dtype, self.device)
+        if self.precision != "float32":
+            self._model.to(getattr(torch, self.precision))
+        self.source = source
         self.name = settings.model_name or DEFAULT_MODEL_LABEL
         self.max_tokens = int(self._model.max_seq_length or 512)
         self.dimension = int(self._model.get_embedding_dimension() or 0)
         self._tokenizer = self._model.tokenizer
-        self._pad_id = int(self._tokenizer.pad_token_id or 0)
+        self.pad_id = int(self._tokenizer.pad_token_id or 0)
         self._prefix, self._suffix = _special_tokens(self._tokenizer)
-        self._wants_token_types = "token_type_ids" in getattr(self._tokenizer, "model_input_names", ())
+        self.wants_token_types = "token_type_ids" in getattr(self._tokenizer, "model_input_names", ())
         log.info(
-            "loaded %s on %s (dimension %d, max %d tokens, %d threads)",
+            "loaded %s on %s in %s (dimension %d, max %d tokens, %d threads)",
             self.name,
             self.device,
+            self.precision,
             self.dimension,
             self.max_tokens,
             threads,
@@ -111,19 +136,20 @@ class SentenceTransformerModel:
 
     def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
         torch = self._torch
-        longest = max(len(ids) for ids in token_ids)
-        input_ids = np.full((len(token_ids), longest), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(token_ids), longest), dtype=np.int64)
-        for row, ids in enumerate(token_ids):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
+        input_ids, mask = pad(token_ids, self.pad_id)
         features: dict[str, Any] = {
             "input_ids": torch.from_numpy(input_ids).to(self.device),
             "attention_mask": torch.from_numpy(mask).to(self.device),
         }
-        if self._wants_token_types:
+        if self.wants_token_types:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         with torch.inference_mode():
             output = self._model.forward(features)["sentence_embedding"]
         vectors = output.float().cpu().numpy()
         return list(vectors)
+
+    @property
+    def st_model(self) -> Any:
+        """The loaded `SentenceTransformer`: its transformer is what the other backends export, and its
+        later modules (pooling, normalisation, as the model's own config sets them) finish their output."""
+        return self._model

@@ -1,0 +1,33 @@
+"""`python -m trio_infer export`: build the export cache ahead of time (e.g. at image build time).
+
+Loads the model as the server would, with the same `--backend`, `--quantize` and `--cache-dir`
+settings (flags or environment), and runs the same export and, for `auto`, the same measurement, so a
+later start finds everything cached and exports nothing. Blocking.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..config import DEBUG_MODEL, Settings
+from .loading import build_model
+
+log = logging.getLogger(__name__)
+
+
+def prebuild(settings: Settings) -> int:
+    """Export (or verify) the cache entries `settings` needs; returns a process exit status."""
+    if settings.model_name == DEBUG_MODEL:
+        log.info("the debug model has nothing to export")
+        return 0
+    start = time.perf_counter()
+    model = build_model(settings)
+    log.info(
+        "export cache ready in %.1f s: %s backend in %s (cache %s)",
+        time.perf_counter() - start,
+        model.backend,
+        model.precision,
+        settings.cache_dir,
+    )
+    return 0
