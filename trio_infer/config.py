@@ -519,11 +519,6 @@ def _check_combinations(settings: Settings) -> None:
             f"--dtype {settings.dtype}: needs --backend torch (openvino and onnx take --quantize), "
             f"got --backend {settings.backend}"
         )
-    if settings.max_input_chars > settings.max_body_size:
-        raise SettingError(
-            f"--max-input-chars {settings.max_input_chars}: must not exceed --max-body-size "
-            f"({settings.max_body_size}): no longer text can arrive"
-        )
 
 
 def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
