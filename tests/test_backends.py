@@ -146,7 +146,10 @@ def test_auto_picks_a_backend_that_matches_torch_and_remembers(
         (["--backend", "tensorrt"], "--backend: must be one of auto, torch, openvino, onnx"),
         (["--quantize", "int4"], "--quantize: must be one of none, int8"),
         (["--dtype", "float64"], "--dtype: must be one of auto, float32, float16, bfloat16"),
-        (["--backend", "torch", "--quantize", "int8"], "--quantize int8: needs --backend openvino, onnx or auto"),
+        (
+            ["--backend", "torch", "--quantize", "int8"],
+            "--quantize int8: needs --backend openvino, onnx or auto",
+        ),
         (["--backend", "onnx", "--dtype", "float16"], "--dtype float16: needs --backend torch"),
         (["--cache-dir", " "], "--cache-dir: must be a directory path"),
     ],

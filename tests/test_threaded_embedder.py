@@ -29,6 +29,8 @@ class BlockingModel:
 
     name = "blocking-fake"
     device = "cpu"
+    backend = "fake"
+    precision = "none"
     dimension = 8
     max_tokens = 512
 
