@@ -4,6 +4,10 @@ The same nurseries, lifecycle and hypercorn server as `python -m trio_infer`, wi
 `lifecycle.watch_signals` receives the signal, the drain answers what is in flight, and `main` returns.
 The debug model's `[[sleep:S]]` markers keep a forward pass busy for S seconds, so the test knows which
 requests are in flight when the signal arrives (it waits for that on /health, never on a timer).
+
+Each test runs in a fresh pytest process of its own (`_in_own_process`): it sends SIGTERM to the process
+that runs it and `main` freezes that process's garbage-collector heap, neither of which belongs in the
+interpreter that hosts the rest of the suite (its browser driver, native inference libraries, ...).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import gc
 import logging
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,6 +105,28 @@ async def _hold_then_queue(
     await wait_until(all_queued, LIMIT, f"{len(queued)} requests to queue behind the holder")
 
 
+_CHILD = "TRIO_INFER_SERVE_DRAIN_CHILD"
+
+
+def _in_own_process(test: str) -> bool:
+    """In the suite's process: run `test` in a child pytest and check it passed; returns True then,
+    and the caller returns at once. In that child: returns False, and the caller runs the test."""
+    if os.environ.get(_CHILD):
+        return False
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test}"],
+        env={**os.environ, _CHILD: "1"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-2000:]
+    assert "1 passed" in child.stdout, child.stdout[-2000:]
+    return True
+
+
 def _logged(caplog: pytest.LogCaptureFixture, fragment: str) -> bool:
     return any(fragment in record.getMessage() for record in caplog.records)
 
@@ -106,6 +134,8 @@ def _logged(caplog: pytest.LogCaptureFixture, fragment: str) -> bool:
 async def test_sigterm_drains_every_request_in_flight_and_main_returns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    if _in_own_process("test_sigterm_drains_every_request_in_flight_and_main_returns"):
+        return
     caplog.set_level(logging.INFO, logger="trio_infer")
     settings = debug_settings(graceful_timeout=LIMIT)
     port = settings.port
@@ -142,6 +172,8 @@ async def test_requests_left_at_the_graceful_timeout_get_503_and_main_returns(
 ) -> None:
     """One text per forward pass. At the signal the holder's pass runs and ends in time (200); the next
     pass outlasts the graceful timeout, so its request and those still queued get 503, not a reset."""
+    if _in_own_process("test_requests_left_at_the_graceful_timeout_get_503_and_main_returns"):
+        return
     caplog.set_level(logging.INFO, logger="trio_infer")
     settings = debug_settings(graceful_timeout=3.0, max_batch_size=1, num_batching_workers=1)
     port = settings.port
