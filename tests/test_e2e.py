@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 
@@ -98,17 +99,25 @@ async def sigterm_while_held(
     was logged (None once the listener is closed) and the exit code."""
     statuses: list[int] = []
     ready_status: int | None = None
-    fds_before = proc.open_fds()
 
     async def one(index: int) -> None:
         response = await post_json(proc.port, "/embed", {"input_text": f"{index} {text}"}, limit=600)
         statuses.append(response.status)
 
     async def all_received() -> bool:
-        # Every connection accepted (one fd each), so none waits in the listen backlog when the
-        # listener closes; and `held` texts queued, so the drain has work to answer.
+        # Every request received (answered already or in progress), so none waits in the listen
+        # backlog when the listener closes; and `held` texts (or all those not yet answered) still
+        # queued, so the drain has work to answer. Counted by the server itself, from /metrics.
+        metrics = (await get(proc.port, "/metrics")).body.decode()
+        answered = sum(
+            float(value)
+            for labels, value in re.findall(r"^http_requests_total\{([^}]*)\} (\S+)$", metrics, re.M)
+            if 'route="/embed"' in labels
+        )
+        found = re.search(r"^http_requests_in_progress (\S+)$", metrics, re.M)
+        in_progress = float(found.group(1)) if found else 0.0
         queued = (await get(proc.port, "/health")).json()["queue_size"]
-        return proc.open_fds() >= fds_before + count and queued >= held
+        return answered + in_progress >= count and queued >= min(held, max(1, count - answered))
 
     async def signal_logged() -> bool:
         return "SIGTERM received" in proc.log()
