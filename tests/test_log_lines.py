@@ -62,7 +62,9 @@ def test_every_line_carries_the_worker_number() -> None:
 
 def test_python_warnings_are_json_records(restore_root: None, capfd: pytest.CaptureFixture[str]) -> None:
     configure_logging("info", "json", worker=1)
-    warnings.warn("a library complains", UserWarning, stacklevel=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # libraries imported earlier in the suite may filter UserWarning
+        warnings.warn("a library complains", UserWarning, stacklevel=1)
     logging.getLogger("transformers").warning("from a library logger")
     err = capfd.readouterr().err
     entries = [orjson.loads(line) for line in err.splitlines()]
