@@ -10,7 +10,13 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from trio_infer.runtime.logs import JSONFormatter, TextFormatter, configure_logging, escape_controls
+from trio_infer.runtime.logs import (
+    JSONFormatter,
+    TextFormatter,
+    adopt_library_loggers,
+    configure_logging,
+    escape_controls,
+)
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -62,6 +68,7 @@ def test_every_line_carries_the_worker_number() -> None:
 
 def test_python_warnings_are_json_records(restore_root: None, capfd: pytest.CaptureFixture[str]) -> None:
     configure_logging("info", "json", worker=1)
+    adopt_library_loggers()  # as a real-model start does: a model loaded earlier left transformers' handler
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # libraries imported earlier in the suite may filter UserWarning
         warnings.warn("a library complains", UserWarning, stacklevel=1)
