@@ -14,7 +14,7 @@ from trio_infer.core.formation import CostModel
 from trio_infer.core.jobs import Vector
 from trio_infer.core.lifecycle import Lifecycle
 from trio_infer.core.metrics import Metrics
-from trio_infer.core.service import EmbeddingService
+from trio_infer.core.service import EmbeddingService, ServedModel
 
 FAKE_COST = CostModel(fixed=0.010, per_token=0.0005)
 
@@ -91,6 +91,8 @@ def make_service(
         batches_ahead=int(limits.get("num_workers", settings.num_batching_workers)),
         max_queue_size=int(limits.get("max_queue_size", settings.max_queue_size)),
     )
-    batcher = Batcher(embedder, Metrics(), batch_limits, embedder.cost)
+    metrics = Metrics()
+    batcher = Batcher(embedder, metrics.for_model(embedder.name), batch_limits, embedder.cost)
     lifecycle = Lifecycle(graceful_timeout=settings.graceful_timeout, drain_delay=settings.drain_delay)
-    return EmbeddingService(settings, batcher, lifecycle, batcher.metrics)
+    model = ServedModel(embedder.name, embedder.name, batcher, settings.watchdog_timeout)
+    return EmbeddingService(settings, [model], lifecycle, metrics)

@@ -11,12 +11,15 @@ import functools
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TypeVar
 
 from .config import load_settings
 from .runtime.listener import BindError, bind_listener
 from .runtime.logs import SUPERVISOR, configure_logging, exit_now
 
 log = logging.getLogger("trio_infer")
+
+E = TypeVar("E", bound=BaseException)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -51,16 +54,37 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from .runtime.serve import main as serve_main
 
+    from .models.loading import ModelLoadError
+
     try:
         trio.run(functools.partial(serve_main, settings, listener=listener))
     except BaseException as error:
         if isinstance(error, KeyboardInterrupt | SystemExit):
             raise
+        load_error = _find(error, ModelLoadError)
+        if load_error is not None:
+            # A configuration problem, not a crash: one line naming the model, the traceback on request.
+            log.critical(
+                "%s; not starting", load_error, exc_info=load_error if settings.log_level == "debug" else None
+            )
+            exit_now(1)
         log.critical(
             "fatal: %s; exiting so the orchestrator restarts the process", _describe(error), exc_info=error
         )
         exit_now(1)
     exit_now(0)
+
+
+def _find(error: BaseException, kind: type[E]) -> E | None:
+    """The first `kind` in `error` or in trio's nested exception groups around it."""
+    if isinstance(error, kind):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def _describe(error: BaseException) -> str:

@@ -10,6 +10,7 @@ refused at start, before anything loads, with one line such as
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -21,6 +22,19 @@ from typing import Any, NoReturn
 DEFAULT_MODEL_LABEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEBUG_MODEL = "debug"
 PROG = "trio-infer"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model to serve: `name` is what clients send (and the `model` metric label); `source` is a
+    hub id, a local sentence-transformers folder or `debug`, None for the bundled all-MiniLM-L6-v2."""
+
+    name: str
+    source: str | None
+
+    @property
+    def full_name(self) -> str:
+        return self.source or DEFAULT_MODEL_LABEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +71,27 @@ class Settings:
     dtype: str = "auto"  # torch's dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16
     cache_dir: str = "~/.cache/trio-infer"  # exported models and auto's decision
     max_input_chars: int = 1024
+    models: tuple[ModelSpec, ...] = ()  # empty: the one model of MODEL_NAME
 
     @property
     def model_label(self) -> str:
         """The model name reported to clients."""
         return self.model_name or DEFAULT_MODEL_LABEL
+
+    def model_specs(self) -> tuple[ModelSpec, ...]:
+        """Every model to serve, the default first: `--model`/MODELS, else the one of MODEL_NAME."""
+        if self.models:
+            return self.models
+        return (ModelSpec(self.model_label, _source(self.model_label)),)
+
+    def for_model(self, spec: ModelSpec) -> Settings:
+        """These settings with `spec` as the one model (what loading a model reads)."""
+        return dataclasses.replace(self, model_name=spec.source, models=())
+
+
+def _source(given: str) -> str | None:
+    """The bundled model answers to its full name, offline."""
+    return None if given == DEFAULT_MODEL_LABEL else given
 
 
 # ------------------------------------------------------------------------------------------ kinds
@@ -71,6 +101,7 @@ class Kind:
     metavar = "VALUE"
     secret = False  # never echo the value (in --help or in an error)
     empty_env_is_unset = True  # `VAR=` in the environment means "not set"
+    repeatable = False  # the flag may be given several times (its values are joined with commas)
 
     def parse(self, raw: str) -> Any:
         raise NotImplementedError
@@ -186,6 +217,32 @@ class Text(Kind):
 
 
 @dataclass(frozen=True)
+class ModelList(Kind):
+    """Models to serve: `[ALIAS=]SOURCE` items, comma-separated (or one per repeated flag)."""
+
+    metavar = "[ALIAS=]SOURCE"
+    repeatable = True
+
+    def parse(self, raw: str) -> tuple[ModelSpec, ...]:
+        specs: list[ModelSpec] = []
+        for item in raw.split(","):
+            alias, equals, source = item.strip().partition("=")
+            if not equals:
+                alias, source = "", alias
+            alias, source = alias.strip(), source.strip()
+            if not source or (equals and not alias) or re.search(r"\s", alias + source):
+                raise ValueError(f"must be {self.describe()} (in {item.strip()!r})")
+            name = alias or source
+            if any(spec.name == name for spec in specs):
+                raise ValueError(f"must name each model once ({name!r} is given twice)")
+            specs.append(ModelSpec(name, _source(source)))
+        return tuple(specs)
+
+    def describe(self) -> str:
+        return "[ALIAS=]SOURCE items, SOURCE a hub id, a local folder or 'debug'"
+
+
+@dataclass(frozen=True)
 class Switch(Kind):
     """On or off: `--flag` alone means on; `--flag=off`, `VAR=1`, `VAR=false`... (case-insensitive)."""
 
@@ -217,10 +274,11 @@ class Setting:
     kind: Kind
     help: str
     flag: bool = True
+    flag_name: str | None = None  # the option's name when it is not the field's
 
     @property
     def option(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return "--" + (self.flag_name or self.name).replace("_", "-")
 
     def source(self, from_flag: bool) -> str:
         return self.option if from_flag else f"environment variable {self.env}"
@@ -392,6 +450,14 @@ _FLAGS: tuple[Setting, ...] = (
         Integer(1, 1 << 30),
         "longest input_text accepted by POST /embed in characters (422 beyond); /v1 truncates instead",
     ),
+    Setting(
+        "models",
+        "MODELS",
+        ModelList(),
+        "a model to serve, repeatable (MODELS: comma-separated); clients name it by ALIAS, else by "
+        "SOURCE; the first is the default; instead of MODEL_NAME",
+        flag_name="model",
+    ),
 )
 
 _EPILOG = """\
@@ -470,6 +536,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         if isinstance(shown, bool):
             shown = "on" if shown else "off"
         switch: dict[str, Any] = {"nargs": "?", "const": "on"} if isinstance(setting.kind, Switch) else {}
+        if setting.kind.repeatable:
+            switch["action"] = "append"
+            shown = "MODEL_NAME's model" if setting.name == "models" else shown
         parser.add_argument(
             setting.option,
             dest=setting.name,
@@ -491,11 +560,12 @@ def _shown(setting: Setting, raw: str) -> str:
     return raw if raw.strip() == raw and raw else repr(raw)
 
 
-def parse_settings(args: Mapping[str, str | None], env: Mapping[str, str]) -> Settings:
+def parse_settings(args: Mapping[str, str | list[str] | None], env: Mapping[str, str]) -> Settings:
     """Settings from raw flag values (None: not given) falling back to `env`; raises SettingError."""
     values: dict[str, Any] = {}
     for setting in _FLAGS:
-        raw = args.get(setting.name) if setting.flag else None
+        given = args.get(setting.name) if setting.flag else None
+        raw = ",".join(given) if isinstance(given, list) else given
         from_flag = raw is not None
         if raw is None:
             raw = env.get(setting.env)
@@ -512,6 +582,11 @@ def parse_settings(args: Mapping[str, str | None], env: Mapping[str, str]) -> Se
 
 def _check_combinations(settings: Settings) -> None:
     """Settings valid alone that cannot work together; raises SettingError."""
+    if settings.models and settings.model_name is not None:
+        raise SettingError(
+            "--model/MODELS and MODEL_NAME: give the models with one of them, "
+            f"got both (MODEL_NAME={settings.model_name})"
+        )
     if settings.quantize == "int8" and settings.backend == "torch":
         raise SettingError("--quantize int8: needs --backend openvino, onnx or auto, got --backend torch")
     if settings.dtype != "auto" and settings.backend != "torch":
@@ -546,6 +621,8 @@ __all__ = [
     "DEBUG_MODEL",
     "DEFAULT_MODEL_LABEL",
     "Choice",
+    "ModelList",
+    "ModelSpec",
     "Integer",
     "Seconds",
     "Setting",

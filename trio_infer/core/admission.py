@@ -14,7 +14,7 @@ import trio
 
 from .errors import Draining, Overloaded, PayloadTooLarge
 from .jobs import Job
-from .metrics import Metrics
+from .metrics import ModelMetrics
 
 
 class Wakeup:
@@ -37,7 +37,7 @@ class Admission:
     `changed` is notified on every arrival and on `close`. Never blocks.
     """
 
-    def __init__(self, max_queue_size: int, metrics: Metrics) -> None:
+    def __init__(self, max_queue_size: int, metrics: ModelMetrics) -> None:
         self.max_queue_size = max_queue_size
         self.metrics = metrics
         self.queue: deque[Job] = deque()  # admitted, not yet taken for tokenization, oldest first

@@ -19,7 +19,8 @@ from .execution import Execution, ModelCall
 from .formation import CostModel
 from .jobs import Job
 from .limits import BatchLimits
-from .metrics import Metrics
+from .metrics import ModelMetrics
+from .scheduler import DeviceScheduler
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,22 @@ class Batcher:
     """
 
     def __init__(
-        self, embedder: AsyncEmbedder, metrics: Metrics, limits: BatchLimits, cost: CostModel
+        self,
+        embedder: AsyncEmbedder,
+        metrics: ModelMetrics,
+        limits: BatchLimits,
+        cost: CostModel,
+        scheduler: DeviceScheduler | None = None,
     ) -> None:
+        """`scheduler`: the device's, shared with the other models on the same device (a private one
+        when None: the model has its device to itself)."""
         self.embedder = embedder
         self.metrics = metrics
         self.limits = limits
         self.admission = Admission(limits.max_queue_size, metrics)
         self.execution = Execution(embedder, self.admission, metrics)
-        self.dispatch = Dispatch(self.admission, self.execution, limits, cost)
+        self.scheduler = DeviceScheduler(embedder.device) if scheduler is None else scheduler
+        self.dispatch = Dispatch(self.admission, self.execution, limits, cost, self.scheduler)
         self.running = False
         self._shutdown_deadline = trio.Event()
         self._deadline = float("inf")

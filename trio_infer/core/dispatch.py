@@ -7,6 +7,9 @@
 - Model busy: texts that arrive are tokenized in batch-sized chunks, up to `batches_ahead` batches'
   worth, while the pass runs; when it ends, the next pass is planned over them at once.
 
+Every model call that runs a pass takes a turn on the device's `scheduler.DeviceScheduler` first,
+so the passes of models sharing a device never overlap and the oldest text among them goes first.
+
 Each plan is `formation.plan_batches` over the tokenized texts (length-sorted, cost-model cuts, size
 and padded-token limits); the planned batch holding the oldest text runs, so texts are served in
 arrival order by length group and none waits behind an endless stream of shorter ones.
@@ -24,6 +27,7 @@ from .execution import Execution
 from .formation import CostModel, plan_batches
 from .jobs import Job
 from .limits import BatchLimits
+from .scheduler import DeviceScheduler
 
 Work = Callable[[], Awaitable[None]]
 
@@ -32,9 +36,15 @@ class Dispatch:
     """Owns the prepared (tokenized, waiting) texts and the loop that feeds `Execution` one pass at a time."""
 
     def __init__(
-        self, admission: Admission, execution: Execution, limits: BatchLimits, cost: CostModel
+        self,
+        admission: Admission,
+        execution: Execution,
+        limits: BatchLimits,
+        cost: CostModel,
+        scheduler: DeviceScheduler,
     ) -> None:
         self.admission = admission
+        self.scheduler = scheduler
         self.execution = execution
         self.limits = limits
         self.cost = cost
@@ -51,11 +61,14 @@ class Dispatch:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._prepare_ahead)
             task_status.started()
-            while (work := await self._next_work()) is not None:
+            while (next_work := await self._next_work()) is not None:
+                work, oldest = next_work
+                # Busy from here: while this model waits for its turn, arrivals are tokenized ahead.
                 self._busy = True
                 self.changed.notify()
                 try:
-                    await work()
+                    async with self.scheduler.turn(oldest):
+                        await work()
                 finally:
                     self._busy = False
             nursery.cancel_scope.cancel()
@@ -65,13 +78,15 @@ class Dispatch:
         """Whether a tokenization call is running (for the preparer or an idle model)."""
         return self._tokenizing
 
-    async def _next_work(self) -> Work | None:
-        """The next pass to run, once there is one; None when closed and nothing is left."""
+    async def _next_work(self) -> tuple[Work, float] | None:
+        """The next pass to run and the admission time of its oldest text, once there is one; None
+        when closed and nothing is left."""
         while True:
             now = trio.current_time()
             self.prepared[:] = [job for job in self.prepared if self.admission.keep(job, now)]
             if self.prepared:
-                return partial(self.execution.forward, self._plan())
+                batch = self._plan()
+                return partial(self.execution.forward, batch), min(job.admitted_at for job in batch)
             if self._tokenizing:  # the texts being prepared are next
                 await self.changed.wait()
                 continue
@@ -86,7 +101,7 @@ class Dispatch:
             jobs = self.admission.take(self.limits.window)
             if len(jobs) == 1 and jobs[0].truncate:
                 # One model call; a text that must not be truncated is counted (tokenized) first.
-                return partial(self.execution.lone, jobs[0])
+                return partial(self.execution.lone, jobs[0]), jobs[0].admitted_at
             await self._tokenize(jobs)
 
     async def _batch_mates_gathered(self, oldest: Job) -> bool:

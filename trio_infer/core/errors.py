@@ -129,3 +129,12 @@ class BodyTimeout(ServiceError):
 
     status = 408
     kind = "body_timeout"
+
+
+class ModelNotFound(NotFound):
+    """A request named a model this server does not serve."""
+
+    kind = "model_not_found"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, param="model", code="model_not_found")

@@ -17,7 +17,7 @@ from .admission import Admission
 from .embedder import AsyncEmbedder, TokenIds
 from .errors import InferenceFailed, InputTooLong
 from .jobs import Job, Vector
-from .metrics import Metrics
+from .metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Execution:
     """Runs model calls for the dispatcher. At most one tokenization and one forward pass run at a time
     (the dispatcher's doing); both are timed, so a hung tokenizer trips the watchdog like a hung pass."""
 
-    def __init__(self, embedder: AsyncEmbedder, admission: Admission, metrics: Metrics) -> None:
+    def __init__(self, embedder: AsyncEmbedder, admission: Admission, metrics: ModelMetrics) -> None:
         self.embedder = embedder
         self.admission = admission
         self.metrics = metrics

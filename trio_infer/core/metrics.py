@@ -51,57 +51,65 @@ class Metrics:
         self.registry = CollectorRegistry() if registry is None else registry
         r = self.registry
         self.requests = Counter(
-            "batcher_requests", "Texts handled by the batcher, by outcome", ["status"], registry=r
+            "batcher_requests", "Texts handled by the batcher, by outcome", ["model", "status"], registry=r
         )
-        # Every series exists from start-up; children are kept because `labels()` costs a lock and a
-        # lookup per call on the hot path.
-        self.outcome = {status: self.requests.labels(status=status) for status in REQUEST_STATUSES}
         self.request_latency = Histogram(
             "batcher_request_latency_seconds",
             "Admission to result, per text",
+            ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
-            "batcher_batch_size", "Texts per forward pass", buckets=_SIZE_BUCKETS, registry=r
+            "batcher_batch_size", "Texts per forward pass", ["model"], buckets=_SIZE_BUCKETS, registry=r
         )
         self.batch_tokens = Histogram(
             "batcher_batch_tokens",
             "Padded tokens per forward pass (texts x longest)",
+            ["model"],
             buckets=_TOKEN_BUCKETS,
             registry=r,
         )
         self.padding_efficiency = Histogram(
             "batcher_padding_efficiency",
             "Real tokens / padded tokens per forward pass",
+            ["model"],
             buckets=_RATIO_BUCKETS,
             registry=r,
         )
         self.batch_wait = Histogram(
             "batcher_batch_wait_time_seconds",
             "Admission to the start of the text's forward pass",
+            ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.inference_time = Histogram(
             "batcher_inference_time_seconds",
             "Duration of one forward pass",
+            ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.skipped = Counter(
             "batcher_skipped",
             "Texts dropped before inference because their caller had left or timed out",
+            ["model"],
             registry=r,
         )
         self.queue_size = Gauge(
             "batcher_queue_size",
             "Texts admitted and not yet in a forward pass",
+            ["model"],
             registry=r,
             multiprocess_mode="livesum",
         )
         self.inflight_batches = Gauge(
-            "batcher_inflight_batches", "Forward passes running", registry=r, multiprocess_mode="livesum"
+            "batcher_inflight_batches",
+            "Forward passes running",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.http_requests = Counter(
             "http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
@@ -128,21 +136,22 @@ class Metrics:
         )
         self.model_info = Gauge(
             "trio_infer_model_info",
-            "The served model (value always 1)",
+            "Each served model, by its configured name (value always 1)",
             ["model", "device"],
             registry=r,
             multiprocess_mode="max",
         )
         self.backend_info = Gauge(
             "trio_infer_backend_info",
-            "The inference backend and its precision (value always 1)",
-            ["backend", "precision"],
+            "Each model's inference backend and its precision (value always 1)",
+            ["model", "backend", "precision"],
             registry=r,
             multiprocess_mode="max",
         )
         self.max_batch_tokens = Gauge(
             "trio_infer_max_batch_tokens",
             "Padded-token budget of a forward pass in force",
+            ["model"],
             registry=r,
             multiprocess_mode="max",
         )
@@ -155,6 +164,10 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+
+    def for_model(self, name: str) -> ModelMetrics:
+        """The batcher series of the model configured as `name`, created at zero."""
+        return ModelMetrics(self, name)
 
     def count_http(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request. `route` must come from the route table (or be `unmatched`),
@@ -187,3 +200,34 @@ class Metrics:
             MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             return generate_latest(merged), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class ModelMetrics:
+    """One model's batcher series: the families of `Metrics` bound to `model=<name>`.
+
+    `name` must be a configured model name, never a client's string, so the label stays bounded.
+    Children are bound once because `labels()` costs a lock and a lookup per call on the hot path;
+    every series exists from start-up.
+    """
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.name = name
+        self.outcome = {
+            status: metrics.requests.labels(model=name, status=status) for status in REQUEST_STATUSES
+        }
+        self.request_latency = metrics.request_latency.labels(model=name)
+        self.batch_size = metrics.batch_size.labels(model=name)
+        self.batch_tokens = metrics.batch_tokens.labels(model=name)
+        self.padding_efficiency = metrics.padding_efficiency.labels(model=name)
+        self.batch_wait = metrics.batch_wait.labels(model=name)
+        self.inference_time = metrics.inference_time.labels(model=name)
+        self.skipped = metrics.skipped.labels(model=name)
+        self.queue_size = metrics.queue_size.labels(model=name)
+        self.inflight_batches = metrics.inflight_batches.labels(model=name)
+        self.max_batch_tokens = metrics.max_batch_tokens.labels(model=name)
+        self._metrics = metrics
+
+    def describe(self, *, device: str, backend: str, precision: str) -> None:
+        """Set the model's info series (`trio_infer_model_info`, `trio_infer_backend_info`)."""
+        self._metrics.model_info.labels(model=self.name, device=device).set(1)
+        self._metrics.backend_info.labels(model=self.name, backend=backend, precision=precision).set(1)

@@ -1,4 +1,5 @@
-"""The embedding service as the HTTP layer sees it: embed texts under a deadline, report health."""
+"""The embedding service as the HTTP layer sees it: the served models, embedding under a deadline,
+health and readiness."""
 
 from __future__ import annotations
 
@@ -10,59 +11,104 @@ import trio
 
 from ..config import Settings
 from .batching import Batcher
-from .errors import Draining, RequestTimeout, Unavailable
-from .execution import ModelCall
+from .errors import Draining, ModelNotFound, RequestTimeout, Unavailable
 from .jobs import Job
 from .lifecycle import Lifecycle
 from .metrics import Metrics
+from .served_model import FAILED_PASSES_UNHEALTHY, ServedModel
 
 log = logging.getLogger(__name__)
 
 _LAG_PROBE = 0.05
 
-# Forward passes that fail in a row before `/health` turns 503 (a broken device, not one bad input:
-# a failed batch is retried text by text, and any pass that succeeds resets the count).
-FAILED_PASSES_UNHEALTHY = 5
-
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """Admitted texts: their jobs, in order, and the deadline they are waited on under."""
+    """Admitted texts: the model they went to, their jobs in order, and the deadline they are
+    waited on under."""
 
+    model: ServedModel
     jobs: list[Job]
     deadline: float
     limit: float
 
 
 class EmbeddingService:
-    """Ties the batcher to request deadlines, the drain, and health reporting. Holds no tasks itself;
-    `monitor` is a long-running task for the caller's nursery."""
+    """Ties the models' batchers to request deadlines, the drain, and health reporting.
 
-    def __init__(self, settings: Settings, batcher: Batcher, lifecycle: Lifecycle, metrics: Metrics) -> None:
+    `models` is every served model, the default first; names are unique. Holds no tasks itself: the
+    batchers run in the caller's nursery and `monitor` is a long-running task for it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        models: Sequence[ServedModel],
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+    ) -> None:
+        if not models:
+            raise ValueError("a service needs at least one model")
         self.settings = settings
-        self.batcher = batcher
+        self.models = tuple(models)
+        self.default = self.models[0]
         self.lifecycle = lifecycle
         self.metrics = metrics
-        self.model_name = batcher.embedder.name
-        self.device = batcher.embedder.device
-        self.dimension = batcher.embedder.dimension
-        metrics.model_info.labels(model=self.model_name, device=self.device).set(1)
-        self._reported_call: ModelCall | None = None
-        self._reported_failures = False
-        self.backend, self.precision = (
-            getattr(batcher.embedder, k, "unknown") for k in ("backend", "precision")
-        )
-        metrics.backend_info.labels(backend=self.backend, precision=self.precision).set(1)
+        for model in self.models:
+            metrics.for_model(model.name).describe(
+                device=model.device, backend=model.backend, precision=model.precision
+            )
+
+    # The default model, as the single-model API and `/health`'s top-level fields report it.
+    @property
+    def batcher(self) -> Batcher:
+        return self.default.batcher
+
+    @property
+    def model_name(self) -> str:
+        return self.default.name
+
+    @property
+    def device(self) -> str:
+        return self.default.device
+
+    @property
+    def dimension(self) -> int:
+        return self.default.dimension
+
+    @property
+    def backend(self) -> str:
+        return self.default.backend
+
+    @property
+    def precision(self) -> str:
+        return self.default.precision
+
+    def model(self, name: str | None) -> ServedModel:
+        """The model a request named (the default when None): by configured name first, then by full
+        name or its last part. Raises ModelNotFound (404)."""
+        if name is None:
+            return self.default
+        for model in self.models:
+            if model.name == name:
+                return model
+        for model in self.models:
+            if model.answers_to(name):
+                return model
+        served = ", ".join(repr(model.name) for model in self.models)
+        raise ModelNotFound(f"the model {name!r} does not exist; this server serves {served}")
 
     def admit(
         self,
         texts: Sequence[str],
         *,
+        model: ServedModel | None = None,
         time_limit: float | None = None,
         request_id: str = "",
         truncate: bool = True,
     ) -> Ticket:
-        """Admit all of `texts` to the batcher, or none; never blocks. Returns the ticket to `wait` on.
+        """Admit all of `texts` to `model`'s batcher (the default's when None), or none; never blocks.
+        Returns the ticket to `wait` on.
 
         Texts are truncated to the model's token limit, or with `truncate` False a longer one fails
         its request with InputTooLong (400) before any forward pass.
@@ -70,9 +116,10 @@ class EmbeddingService:
         The deadline is the request timeout, or the shorter `time_limit`. Raises a ServiceError:
         Draining, Unavailable, Overloaded (503 with Retry-After), PayloadTooLarge.
         """
+        model = self.default if model is None else model
         if self.lifecycle.closing:
             raise Draining("the server is shutting down")
-        if not self.batcher.running:
+        if not model.batcher.running:
             raise Unavailable("the model is not loaded yet")
         limit = (
             self.settings.request_timeout
@@ -80,8 +127,8 @@ class EmbeddingService:
             else min(time_limit, self.settings.request_timeout)
         )
         deadline = trio.current_time() + limit
-        jobs = self.batcher.submit(texts, deadline=deadline, request_id=request_id, truncate=truncate)
-        return Ticket(jobs=jobs, deadline=deadline, limit=limit)
+        jobs = model.batcher.submit(texts, deadline=deadline, request_id=request_id, truncate=truncate)
+        return Ticket(model=model, jobs=jobs, deadline=deadline, limit=limit)
 
     async def wait(self, ticket: Ticket) -> list[Job]:
         """Wait for every job of `ticket`; returns them finished, in order.
@@ -91,15 +138,16 @@ class EmbeddingService:
         Raises a ServiceError: Draining, RequestTimeout, InferenceFailed.
         """
         jobs = ticket.jobs
+        batcher = ticket.model.batcher
         with self.lifecycle.request_scope(ticket.deadline) as scope:
             try:
                 for job in jobs:
                     await job.done.wait()
             finally:
-                left = self.batcher.withdraw(jobs)
+                left = batcher.withdraw(jobs)
                 if left:
                     status = "timeout" if scope.cancel_called else "cancelled"
-                    self.metrics.outcome[status].inc(left)
+                    batcher.metrics.outcome[status].inc(left)
             for job in jobs:
                 if job.error is not None:
                     raise job.error
@@ -112,88 +160,61 @@ class EmbeddingService:
         self,
         texts: Sequence[str],
         *,
+        model: ServedModel | None = None,
         time_limit: float | None = None,
         request_id: str = "",
         truncate: bool = True,
     ) -> list[Job]:
         """`admit` then `wait`, for callers with nothing to do between the two."""
-        ticket = self.admit(texts, time_limit=time_limit, request_id=request_id, truncate=truncate)
+        ticket = self.admit(
+            texts, model=model, time_limit=time_limit, request_id=request_id, truncate=truncate
+        )
         return await self.wait(ticket)
 
-    def stalled(self) -> bool:
-        """Whether a model call (tokenization or forward pass) has run past `--watchdog-timeout`."""
-        return self.batcher.stalled_for() > self.settings.watchdog_timeout
-
     def problem(self) -> str | None:
-        """Why the service is unhealthy, in words for the `/health` body; None when healthy."""
-        if not self.batcher.running:
-            return "the batcher is not running"
-        call = self.batcher.oldest_call()
-        if call is not None and self.stalled():
-            age = trio.current_time() - call.started
-            return (
-                f"a {call.kind} of {len(call.jobs)} text(s) has run {age:.1f} s, "
-                f"past the watchdog timeout of {self.settings.watchdog_timeout:g} s"
-            )
-        failed = self.batcher.failed_in_a_row
-        if failed >= FAILED_PASSES_UNHEALTHY:
-            return f"the last {failed} forward passes failed"
+        """Why the service is unhealthy (any model is), in words for the `/health` body; None when
+        healthy. The default model's own reason is given as is; another model's names it."""
+        for model in self.models:
+            problem = model.problem()
+            if problem is not None:
+                return problem if model is self.default else f"model {model.name}: {problem}"
         return None
 
     def healthy(self) -> bool:
         return self.problem() is None
 
     def ready(self) -> bool:
+        """Ready once every model is loaded and serving, until the drain starts."""
         return self.lifecycle.ready and self.healthy()
 
     def health(self) -> dict[str, object]:
-        """The `/health` body; an unhealthy one carries a `reason`."""
+        """The `/health` body: the default model's fields at the top level (an unhealthy service
+        carries a `reason`), and every model's under `models`."""
         problem = self.problem()
         body: dict[str, object] = {
             "status": "healthy" if problem is None else "unhealthy",
-            "model": self.model_name,
-            "device": self.device,
-            "backend": self.backend,
-            "precision": self.precision,
-            "queue_size": self.batcher.queue_size,
-            "inflight_batches": self.batcher.inflight_batches,
-            "max_batch_tokens": self.batcher.limits.max_batch_tokens,
+            "model": self.default.name,
+            **self.default.health(),
+            "models": {model.name: model.health() for model in self.models},
         }
+        body["status"] = "healthy" if problem is None else "unhealthy"
+        body.pop("reason", None)
         if problem is not None:
             body["reason"] = problem
         return body
-
-    def _report_trips(self) -> None:
-        """Log each watchdog trip once (a stalled call, a run of failed passes), and the recovery."""
-        call = self.batcher.oldest_call()
-        if call is not None and self.stalled() and call is not self._reported_call:
-            self._reported_call = call
-            log.error(
-                "watchdog: a %s of %d text(s) has run %.1f s (limit %g s; requests %s); /health is 503",
-                call.kind,
-                len(call.jobs),
-                trio.current_time() - call.started,
-                self.settings.watchdog_timeout,
-                call.request_ids(),
-            )
-        failing = self.batcher.failed_in_a_row >= FAILED_PASSES_UNHEALTHY
-        if failing and not self._reported_failures:
-            log.error(
-                "watchdog: %d forward passes failed in a row; /health is 503 until one succeeds",
-                self.batcher.failed_in_a_row,
-            )
-        elif self._reported_failures and not failing:
-            log.info("watchdog: a forward pass succeeded; healthy again")
-        self._reported_failures = failing
 
     async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Measure event-loop lag, keep the health gauges current and log watchdog trips; runs until
         cancelled."""
         task_status.started()
         while True:
-            self._report_trips()
+            for model in self.models:
+                model.report_trips()
             self.metrics.ready.set(1 if self.ready() else 0)
             self.metrics.healthy.set(1 if self.healthy() else 0)
             start = trio.current_time()
             await trio.sleep(_LAG_PROBE)
             self.metrics.loop_lag.observe(max(0.0, trio.current_time() - start - _LAG_PROBE))
+
+
+__all__ = ["FAILED_PASSES_UNHEALTHY", "EmbeddingService", "ServedModel", "Ticket"]

@@ -20,7 +20,7 @@ def routes(service: EmbeddingService) -> list[Route]:
     index = {
         "name": "trio-infer",
         "version": version(),
-        "models": [service.model_name],
+        "models": [model.name for model in service.models],
         "links": {
             "docs": "/docs",
             "redoc": "/redoc",

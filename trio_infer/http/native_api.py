@@ -11,24 +11,27 @@ from .routes import Request, Route
 from .schemas import MAX_INPUT_CHARS, EmbedRequest, EmbedResponse, ErrorResponse
 
 _TIMEOUT_HEADER = access.TIMEOUT_HEADER.lower()
-ERROR_STATUSES = (400, 401, 408, 413, 415, 422, 500, 503, 504)
+ERROR_STATUSES = (400, 401, 404, 408, 413, 415, 422, 500, 503, 504)
 
 
 def routes(service: EmbeddingService) -> list[Route]:
     async def embed(request: Request) -> Reply:
-        """Embed one text.
+        """Embed one text, with the model named by `model` (the default model when absent).
 
         Errors are JSON `{"error", "detail"}`. 503 (overloaded, not ready, shutting down) carries
         `Retry-After` when retrying later can help. `X-Request-Timeout: <seconds>` shortens the deadline.
         """
         body: EmbedRequest = request.body
         time_limit = access.parse_timeout(request.headers.get(_TIMEOUT_HEADER))
-        ticket = service.admit([body.input_text], time_limit=time_limit, request_id=request.request_id)
+        model = service.model(body.model)
+        ticket = service.admit(
+            [body.input_text], model=model, time_limit=time_limit, request_id=request.request_id
+        )
         request.slot.release()  # waiting for the model is no event-loop work
         jobs = await service.wait(ticket)
         return Reply(
             orjson.dumps(
-                {"embedding": jobs[0].vector, "model": service.model_name}, option=orjson.OPT_SERIALIZE_NUMPY
+                {"embedding": jobs[0].vector, "model": model.name}, option=orjson.OPT_SERIALIZE_NUMPY
             )
         )
 

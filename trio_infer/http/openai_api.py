@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core import errors
 from ..core.jobs import Vector
-from ..core.service import EmbeddingService
+from ..core.service import EmbeddingService, ServedModel
 from . import access
 from .openai_schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList, ModelObject, OpenAIErrorResponse
 from .responses import Reply, json_reply
@@ -24,27 +24,14 @@ OWNED_BY = "trio-infer"
 _TIMEOUT_HEADER = access.TIMEOUT_HEADER.lower()
 
 
-def _model_names(service: EmbeddingService) -> tuple[str, str]:
-    return service.model_name, service.model_name.rsplit("/", 1)[-1]
+def _model_object(model: ServedModel, created: int) -> dict[str, Any]:
+    return {"id": model.name, "object": "model", "created": created, "owned_by": OWNED_BY}
 
 
-def _model_object(service: EmbeddingService, created: int) -> dict[str, Any]:
-    return {"id": service.model_name, "object": "model", "created": created, "owned_by": OWNED_BY}
-
-
-def _check_model(service: EmbeddingService, model: str) -> None:
-    if model not in _model_names(service):
-        raise errors.NotFound(
-            f"the model {model!r} does not exist; this server serves {service.model_name!r}",
-            param="model",
-            code="model_not_found",
-        )
-
-
-def _check_dimensions(service: EmbeddingService, dimensions: int | None) -> None:
-    if dimensions is not None and not 1 <= dimensions <= service.dimension:
+def _check_dimensions(model: ServedModel, dimensions: int | None) -> None:
+    if dimensions is not None and not 1 <= dimensions <= model.dimension:
         raise errors.BadRequest(
-            f"dimensions must be between 1 and {service.dimension} for {service.model_name}, got {dimensions}",
+            f"dimensions must be between 1 and {model.dimension} for {model.name}, got {dimensions}",
             param="dimensions",
             code="invalid_value",
         )
@@ -72,7 +59,7 @@ def _errors(*statuses: int) -> dict[int, Any]:
 
 
 def routes(service: EmbeddingService) -> list[Route]:
-    # The routes are built once the model has loaded, so this is the model's `created` time.
+    # The routes are built once the models have loaded, so this is their `created` time.
     created = int(time.time())
 
     async def create_embeddings(request: Request) -> Reply:
@@ -84,10 +71,11 @@ def routes(service: EmbeddingService) -> list[Route]:
         Token id arrays are refused with 400 `token_ids_not_supported`: send text.
         """
         body: EmbeddingsRequest = request.body
-        _check_model(service, body.model)
-        _check_dimensions(service, body.dimensions)
+        model = service.model(body.model)
+        _check_dimensions(model, body.dimensions)
         ticket = service.admit(
             body.input,
+            model=model,
             time_limit=access.parse_timeout(request.headers.get(_TIMEOUT_HEADER)),
             request_id=request.request_id,
             truncate=body.truncate,
@@ -113,19 +101,20 @@ def routes(service: EmbeddingService) -> list[Route]:
             {
                 "object": "list",
                 "data": data,
-                "model": service.model_name,
+                "model": model.name,
                 "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
             }
         )
 
     async def list_models(request: Request) -> Reply:
-        """The one model this server serves (OpenAI-compatible)."""
-        return json_reply({"object": "list", "data": [_model_object(service, created)]})
+        """Every model this server serves, the default first (OpenAI-compatible)."""
+        return json_reply(
+            {"object": "list", "data": [_model_object(model, created) for model in service.models]}
+        )
 
     async def retrieve_model(request: Request) -> Reply:
-        """The served model, by its full or short name; 404 `model_not_found` otherwise."""
-        _check_model(service, request.params["model_id"])
-        return json_reply(_model_object(service, created))
+        """A served model, by its name, full name or short name; 404 `model_not_found` otherwise."""
+        return json_reply(_model_object(service.model(request.params["model_id"]), created))
 
     return [
         Route(

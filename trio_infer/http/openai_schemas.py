@@ -48,7 +48,8 @@ class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(
-        description="The served model: its full name or the part after the last '/'",
+        description="A served model (see GET /v1/models): its name, the full name it was loaded from, or "
+        "the part after the last '/'; 404 model_not_found otherwise",
         examples=["sentence-transformers/all-MiniLM-L6-v2"],
     )
     input: Annotated[_Texts, BeforeValidator(_one_or_many, json_schema_input_type=Text | _Texts)] = Field(

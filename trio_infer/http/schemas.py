@@ -51,11 +51,19 @@ class EmbedRequest(BaseModel):
         examples=["The quick brown fox jumps over the lazy dog."],
         json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN, "maxLength": MAX_TEXT_CHARS},
     )
+    model: str | None = Field(
+        default=None,
+        description="A served model's name (see GET /v1/models); the default model when absent. "
+        "404 model_not_found for a name the server does not serve",
+        examples=["sentence-transformers/all-MiniLM-L6-v2"],
+    )
 
 
 class EmbedResponse(BaseModel):
     embedding: list[float] = Field(description="The text's embedding vector")
-    model: str = Field(examples=["sentence-transformers/all-MiniLM-L6-v2"])
+    model: str = Field(
+        description="The model that answered", examples=["sentence-transformers/all-MiniLM-L6-v2"]
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -63,13 +71,30 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="What was wrong", examples=["input_text: field required"])
 
 
-class HealthResponse(BaseModel):
+class ModelHealth(BaseModel):
     status: Literal["healthy", "unhealthy"]
-    model: str
     device: str
+    backend: str
+    precision: str
+    queue_size: int = Field(description="Texts admitted and not yet in a forward pass")
+    inflight_batches: int
+    max_batch_tokens: int
+    reason: str | None = Field(default=None, description="Why the model is unhealthy (only then)")
+
+
+class HealthResponse(BaseModel):
+    """The default model's fields at the top level; every model's under `models`."""
+
+    status: Literal["healthy", "unhealthy"]
+    model: str = Field(description="The default model's name")
+    device: str
+    backend: str
+    precision: str
     queue_size: int
     inflight_batches: int
     max_batch_tokens: int
+    reason: str | None = Field(default=None, description="Why the server is unhealthy (only then)")
+    models: dict[str, ModelHealth] = Field(description="Every served model, by name")
 
 
 class ReadyResponse(BaseModel):

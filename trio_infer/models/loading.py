@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DEBUG_MODEL, Settings
+from ..config import DEBUG_MODEL, ModelSpec, Settings
 from ..core.embedder import AsyncEmbedder
 from ..core.formation import CostModel
 from .calibration import calibrate, choose_token_budget
@@ -80,6 +81,62 @@ def load_model(settings: Settings, *, shared_calibration: Path | None = None) ->
     return LoadedModel(
         embedder=ThreadedEmbedder(model), cost=calibration.cost, max_batch_tokens=calibration.max_batch_tokens
     )
+
+
+class ModelLoadError(RuntimeError):
+    """A configured model failed to load; the message names it. The server must not start."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSpec:
+    """A configured model, loaded, and the resident memory its load added (None where unknown)."""
+
+    spec: ModelSpec
+    loaded: LoadedModel
+    resident_bytes: int | None
+
+
+def load_models(settings: Settings, *, shared_calibration: Path | None = None) -> list[LoadedSpec]:
+    """Load every configured model, in order, with its own settings (`Settings.for_model`): its own
+    backend choice, export cache entry and calibrated budget. One after the other, so each model's
+    calibration runs alone and its memory is measured alone.
+
+    Raises ModelLoadError naming the first model that fails; nothing is served then. With workers,
+    `shared_calibration` is the base name of one shared file per model."""
+    loaded: list[LoadedSpec] = []
+    for index, spec in enumerate(settings.model_specs()):
+        shared = None if shared_calibration is None else _per_model(shared_calibration, index)
+        before = resident_bytes()
+        try:
+            model = load_model(settings.for_model(spec), shared_calibration=shared)
+        except Exception as error:
+            raise ModelLoadError(
+                f"model {spec.name!r} ({spec.full_name}) failed to load: {type(error).__name__}: {error}"
+            ) from error
+        after = resident_bytes()
+        grown = None if before is None or after is None else max(0, after - before)
+        loaded.append(LoadedSpec(spec, model, grown))
+        log.info(
+            "model %s loaded (%s): %s resident memory",
+            spec.name,
+            spec.full_name,
+            "unknown" if grown is None else f"+{grown / 2**20:.0f} MiB",
+        )
+    return loaded
+
+
+def _per_model(path: Path, index: int) -> Path:
+    return path if index == 0 else path.with_name(f"{path.stem}-model{index}{path.suffix}")
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux `/proc/self/statm`), or None elsewhere."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _budget(settings: Settings, cost: CostModel, max_tokens: int) -> int:

@@ -1,15 +1,19 @@
 """The process's lifetime: signals, model loading, the batcher and the HTTP server, in nested nurseries.
 
     process nursery   signal watcher, log flusher, heartbeat (workers), health monitor   (until exit)
-      loading nursery model load in a thread, stop-on-signal                          (start-up only)
-      serving nursery batcher collectors, hypercorn                                   (until drained)
+      loading nursery models' load in a thread, stop-on-signal                        (start-up only)
+      serving nursery every model's batcher, hypercorn                                (until drained)
 
 The listening socket is bound before anything else (by the caller, or here when none is given), so
 an unusable address fails at once instead of after the model has loaded.
 
-The batcher is started before the server and closed only after hypercorn has finished the drain,
-so every request hypercorn accepted is answered. A collector that crashes cancels the serving
-nursery and the exception leaves `main`, so the process exits non-zero and gets restarted.
+Every configured model is loaded before anything serves; one that fails stops the start (the server
+never comes up half-configured). Each model gets its own batcher; the batchers of models on the same
+device share that device's scheduler (`core.scheduler`), so their passes take turns.
+
+The batchers are started before the server and closed only after hypercorn has finished the drain,
+so every request hypercorn accepted is answered. A batcher that crashes cancels the serving nursery
+and the exception leaves `main`, so the process exits non-zero and gets restarted.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from ..config import DEBUG_MODEL, Settings
 from ..core.batching import Batcher, BatchLimits
 from ..core.lifecycle import Lifecycle
 from ..core.metrics import Metrics
+from ..core.scheduler import DeviceSchedulers
+from ..core.served_model import ServedModel
 from ..core.service import EmbeddingService
 from ..http.app import create_app
-from ..models.loading import LoadedModel, load_model
+from ..models.loading import LoadedSpec, load_models
 from . import hypercorn_fixes
 from .connections import ConnectionLimits, ServerConfig
 from .fd_limit import check_connection_cap, raise_open_file_limit
@@ -105,42 +111,65 @@ async def _serve(
             process.start_soon(send_heartbeats, heartbeat, settings.heartbeat_timeout)
         address = display_address(*listener.getsockname()[:2])
         log.info(
-            "listening on %s (authentication: %s); loading the model",
+            "listening on %s (authentication: %s); loading %s",
             address,
             "on" if settings.api_key else "off",
+            _plural(len(settings.model_specs()), "model"),
         )
         loaded = await _load_unless_stopped(settings, lifecycle, shared_calibration)
         if loaded is None:
             log.info("shutdown requested during start-up")
             process.cancel_scope.cancel()
             return
-        limits = BatchLimits(
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=loaded.max_batch_tokens,
-            batch_timeout=settings.batch_timeout,
-            batches_ahead=settings.num_batching_workers,
-            max_queue_size=settings.max_queue_size,
-        )
-        batcher = Batcher(loaded.embedder, metrics, limits, loaded.cost)
+        models = _served_models(settings, loaded, metrics)
         async with trio.open_nursery() as serving:
-            await serving.start(batcher.run)
-            service = EmbeddingService(settings, batcher, lifecycle, metrics)
+            for model in models:
+                await serving.start(model.batcher.run)
+            service = EmbeddingService(settings, models, lifecycle, metrics)
             await process.start(service.monitor)
             app = create_app(service)
             config = hypercorn_config(settings)
             config.bind = [hand_over(listener)]
-            binds = await serving.start(_serve_http, app, config, lifecycle, batcher)
+            batchers = [model.batcher for model in models]
+            binds = await serving.start(_serve_http, app, config, lifecycle, batchers)
             _freeze_heap()
             lifecycle.mark_ready()
             log.info(
-                "ready on %s (model %s on %s; authentication: %s)",
+                "ready on %s (%s; authentication: %s)",
                 ", ".join(binds),
-                service.model_name,
-                service.device,
+                "; ".join(f"model {model.name} on {model.device}" for model in models),
                 "on" if settings.api_key else "off",
             )
         log.info("drained; exiting")
         process.cancel_scope.cancel()
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _served_models(settings: Settings, loaded: list[LoadedSpec], metrics: Metrics) -> list[ServedModel]:
+    """A batcher per model, sized by its own calibration; models on one device share its scheduler."""
+    schedulers = DeviceSchedulers()
+    models = []
+    for item in loaded:
+        limits = BatchLimits(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=item.loaded.max_batch_tokens,
+            batch_timeout=settings.batch_timeout,
+            batches_ahead=settings.num_batching_workers,
+            max_queue_size=settings.max_queue_size,
+        )
+        embedder = item.loaded.embedder
+        batcher = Batcher(
+            embedder,
+            metrics.for_model(item.spec.name),
+            limits,
+            item.loaded.cost,
+            schedulers.for_device(embedder.device),
+        )
+        models.append(ServedModel(item.spec.name, item.spec.full_name, batcher, settings.watchdog_timeout))
+    return models
 
 
 def _freeze_heap() -> None:
@@ -151,16 +180,17 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _load(settings: Settings, shared_calibration: Path | None) -> LoadedModel:
-    if settings.model_name != DEBUG_MODEL:
+def _load(settings: Settings, shared_calibration: Path | None) -> list[LoadedSpec]:
+    if any(spec.source != DEBUG_MODEL for spec in settings.model_specs()):
         adopt_library_loggers()  # before the libraries load anything: their warnings in our format
-    return load_model(settings, shared_calibration=shared_calibration)
+    return load_models(settings, shared_calibration=shared_calibration)
 
 
 async def _load_unless_stopped(
     settings: Settings, lifecycle: Lifecycle, shared_calibration: Path | None
-) -> LoadedModel | None:
-    """Load the model in a thread; a signal during loading abandons it (the process is exiting)."""
+) -> list[LoadedSpec] | None:
+    """Load the models in a thread; a signal during loading abandons them (the process is exiting).
+    A model that fails to load raises ModelLoadError, naming it."""
     async with trio.open_nursery() as nursery:
 
         async def stop_on_signal() -> None:
@@ -179,11 +209,11 @@ async def _serve_http(
     app: QuartTrio,
     config: ServerConfig,
     lifecycle: Lifecycle,
-    batcher: Batcher,
+    batchers: list[Batcher],
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """hypercorn until its drain ends; then the batcher is closed and finishes what is queued."""
+    """hypercorn until its drain ends; then the batchers are closed and finish what is queued."""
     try:
         await hypercorn_serve(
             app,
@@ -197,7 +227,8 @@ async def _serve_http(
     finally:
         # A model call still running past the drain deadline (a hung pass) must not keep the process
         # alive: the batcher raises ShutdownStalled then, and the process exits non-zero.
-        batcher.close(deadline=lifecycle.drain_deadline + _BATCHER_GRACE)
+        for batcher in batchers:
+            batcher.close(deadline=lifecycle.drain_deadline + _BATCHER_GRACE)
 
 
 __all__ = ["hypercorn_config", "main"]
