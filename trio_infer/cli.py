@@ -52,9 +52,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(run_workers(settings, listener))
     import trio
 
-    from .runtime.serve import main as serve_main
-
     from .models.loading import ModelLoadError
+    from .runtime.serve import main as serve_main
 
     try:
         trio.run(functools.partial(serve_main, settings, listener=listener))
