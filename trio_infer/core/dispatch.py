@@ -85,8 +85,9 @@ class Dispatch:
             now = trio.current_time()
             self.prepared[:] = [job for job in self.prepared if self.admission.keep(job, now)]
             if self.prepared:
-                batch = self._plan()
-                return partial(self.execution.forward, batch), min(job.admitted_at for job in batch)
+                # Planned once the turn is granted: texts that left meanwhile are not computed, and
+                # those tokenized meanwhile can join.
+                return self._forward_planned, min(job.admitted_at for job in self.prepared)
             if self._tokenizing:  # the texts being prepared are next
                 await self.changed.wait()
                 continue
@@ -101,8 +102,18 @@ class Dispatch:
             jobs = self.admission.take(self.limits.window)
             if len(jobs) == 1 and jobs[0].truncate:
                 # One model call; a text that must not be truncated is counted (tokenized) first.
-                return partial(self.execution.lone, jobs[0]), jobs[0].admitted_at
+                return partial(self._lone, jobs[0]), jobs[0].admitted_at
             await self._tokenize(jobs)
+
+    async def _forward_planned(self) -> None:
+        now = trio.current_time()
+        self.prepared[:] = [job for job in self.prepared if self.admission.keep(job, now)]
+        if self.prepared:
+            await self.execution.forward(self._plan())
+
+    async def _lone(self, job: Job) -> None:
+        if self.admission.keep(job, trio.current_time()):
+            await self.execution.lone(job)
 
     async def _batch_mates_gathered(self, oldest: Job) -> bool:
         """With the model idle: True to run now; else waits for an arrival or the timeout and returns

@@ -17,17 +17,19 @@ log = logging.getLogger(__name__)
 
 
 def prebuild(settings: Settings) -> int:
-    """Export (or verify) the cache entries `settings` needs; returns a process exit status."""
-    if settings.model_name == DEBUG_MODEL:
-        log.info("the debug model has nothing to export")
-        return 0
-    start = time.perf_counter()
-    model = build_model(settings)
-    log.info(
-        "export cache ready in %.1f s: %s backend in %s (cache %s)",
-        time.perf_counter() - start,
-        model.backend,
-        model.precision,
-        settings.cache_dir,
-    )
+    """Export (or verify) the cache entries of every configured model; returns a process exit status."""
+    for spec in settings.model_specs():
+        if spec.source == DEBUG_MODEL:
+            log.info("model %s: the debug model has nothing to export", spec.name)
+            continue
+        start = time.perf_counter()
+        model = build_model(settings.for_model(spec))
+        log.info(
+            "model %s: export cache ready in %.1f s: %s backend in %s (cache %s)",
+            spec.name,
+            time.perf_counter() - start,
+            model.backend,
+            model.precision,
+            settings.cache_dir,
+        )
     return 0
