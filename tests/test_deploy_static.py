@@ -275,7 +275,7 @@ def test_promql_parser_helpers() -> None:
     with pytest.raises(AssertionError):
         check_expr("sum by (model) (rate(http_requests_total[1m]))", "no model label on HTTP series")
     check_expr('sum by (model) (rate(batcher_requests_total{model=~"$model"}[1m]))', "model label")
-    assert selectors("a{x=\"1\"} + b + rate(c[1m]) + histogram_quantile(0.5, d_bucket{y=~\"$v\"})") == [
+    assert selectors('a{x="1"} + b + rate(c[1m]) + histogram_quantile(0.5, d_bucket{y=~"$v"})') == [
         ("a", 'x="1"'),
         ("b", ""),
         ("c", ""),
@@ -624,7 +624,9 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 def model_variable() -> dict[str, Any]:
     variables = {v["name"]: v for v in dashboard().get("templating", {}).get("list", [])}
-    assert MODEL_VARIABLE in variables, f"the dashboard has no {MODEL_VARIABLE!r} variable: {sorted(variables)}"
+    assert MODEL_VARIABLE in variables, (
+        f"the dashboard has no {MODEL_VARIABLE!r} variable: {sorted(variables)}"
+    )
     variable: dict[str, Any] = variables[MODEL_VARIABLE]
     return variable
 
