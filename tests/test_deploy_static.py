@@ -52,6 +52,12 @@ PROMETHEUS_BUILTIN_METRICS = {"up"}
 TARGET_LABELS = {"job", "instance", "le", "service"}
 REQUEST_STATUSES = {"success", "error", "timeout", "rejected", "cancelled"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# Per-model series besides the batcher_* families (each served model has one).
+PER_MODEL_INFO = {"trio_infer_model_info", "trio_infer_backend_info", "trio_infer_max_batch_tokens"}
+# The dashboard's model variable and what its "All" option stands for.
+MODEL_VARIABLE = "model"
+MODEL_FILTER = 'model=~"$model"'
+MODEL_ALL = ".*"
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "by", "without", "on", "ignoring"}
 LINT_TIMEOUT_S = 180
 
@@ -142,8 +148,20 @@ def test_contract_metric_list_parsed() -> None:
         "trio_infer_ready",
     ):
         assert name in CONTRACT_METRICS, f"{name} not parsed from {CONTRACT}: {sorted(CONTRACT_METRICS)}"
-    assert CONTRACT_METRICS["batcher_requests_total"] == ("counter", {"status"})
+    assert CONTRACT_METRICS["batcher_requests_total"] == ("counter", {"model", "status"})
     assert CONTRACT_METRICS["http_requests_total"][1] == {"route", "method", "status"}
+
+
+def test_contract_batcher_families_carry_the_model_label() -> None:
+    """Several models per process: every batcher_* family and the per-model info series are labelled
+    with `model`; the process-wide series are not."""
+    batcher = {name for name in CONTRACT_METRICS if name.startswith("batcher_")}
+    assert len(batcher) >= 10, sorted(batcher)
+    for name in batcher | PER_MODEL_INFO:
+        assert "model" in CONTRACT_METRICS[name][1], f"{name} has no model label in {CONTRACT}"
+    assert CONTRACT_METRICS["trio_infer_backend_info"][1] == {"model", "backend", "precision"}
+    for name in ("http_requests_total", "event_loop_lag_seconds", "trio_infer_ready", "trio_infer_healthy"):
+        assert "model" not in CONTRACT_METRICS[name][1], name
 
 
 # --------------------------------------------------------------------------------------------- PromQL
@@ -212,6 +230,33 @@ def check_expr(expr: str, where: str) -> set[str]:
     return bases
 
 
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric name, matchers text) of every vector selector in `expr`, in order."""
+    found = []
+    masked = _STRING_RE.sub(lambda m: "_" * len(m.group(0)), expr)  # a string's braces are not a selector
+    for m in re.finditer(r"(?<![\w.:$])([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?", masked):
+        name = m.group(1)
+        after = masked[m.end() :].lstrip()
+        if after.startswith("(") or name.lower() in PROMQL_KEYWORDS or name in _grouped_names(masked):
+            continue
+        matchers = expr[m.start(2) + 1 : m.end(2) - 1] if m.group(2) else ""
+        found.append((name, matchers.strip()))
+    return found
+
+
+def _grouped_names(expr: str) -> set[str]:
+    return {label.strip() for group in _GROUPING_RE.findall(expr) for label in group.split(",")}
+
+
+def model_selectors(expr: str) -> list[tuple[str, str]]:
+    """The selectors of `expr` on series that carry the model label."""
+    return [
+        (name, matchers)
+        for name, matchers in selectors(expr)
+        if (base := base_metric(name)) is not None and "model" in CONTRACT_METRICS[base][1]
+    ]
+
+
 def test_promql_parser_helpers() -> None:
     expr = (
         'histogram_quantile(0.99, sum by (job, le) (rate(batcher_request_latency_seconds_bucket{job="x"}[5m])))'
@@ -226,7 +271,16 @@ def test_promql_parser_helpers() -> None:
     with pytest.raises(AssertionError):
         check_expr('rate(batcher_requests_total{status="failed"}[1m])', "bad status")
     with pytest.raises(AssertionError):
-        check_expr("sum by (model) (rate(batcher_requests_total[1m]))", "bad label")
+        check_expr("sum by (route) (rate(batcher_requests_total[1m]))", "bad label")
+    with pytest.raises(AssertionError):
+        check_expr("sum by (model) (rate(http_requests_total[1m]))", "no model label on HTTP series")
+    check_expr('sum by (model) (rate(batcher_requests_total{model=~"$model"}[1m]))', "model label")
+    assert selectors('a{x="1"} + b + rate(c[1m]) + histogram_quantile(0.5, d_bucket{y=~"$v"})') == [
+        ("a", 'x="1"'),
+        ("b", ""),
+        ("c", ""),
+        ("d_bucket", 'y=~"$v"'),
+    ]
 
 
 # --------------------------------------------------------------------------------------------- Dockerfile
@@ -414,6 +468,38 @@ def test_alert_metrics_in_contract() -> None:
         check_expr(rule["expr"], f"alert {rule['alert']}")
 
 
+def test_batcher_alerts_are_per_model() -> None:
+    """An alert on batcher series keeps `model` in every aggregation (or aggregates nothing), so one
+    model's errors or queue are not averaged away by another's traffic, and its summary names it."""
+    per_model = 0
+    for rule in alert_rules():
+        expr = rule["expr"]
+        if not any(name.startswith("batcher_") for name, _ in selectors(expr)):
+            continue
+        where = f"alert {rule['alert']}"
+        for group in _GROUPING_RE.findall(expr):
+            assert "model" in {label.strip() for label in group.split(",")}, f"{where}: by ({group})"
+        assert "$labels.model" in rule["annotations"]["summary"], f"{where}: the summary must name the model"
+        per_model += 1
+    assert per_model >= 5, per_model
+
+
+def test_alert_unit_tests_show_per_model_alerts() -> None:
+    """A unit test with two models where only the troubled model's alerts fire."""
+    tests = load_yaml(ALERTS_TEST)
+    shown = set()
+    for case in tests["tests"]:
+        models = {m for s in case["input_series"] for m in re.findall(r'model="([^"]+)"', s["series"])}
+        if len(models) < 2:
+            continue
+        for check in case["alert_rule_test"]:
+            fired = {alert["exp_labels"].get("model") for alert in check.get("exp_alerts", [])}
+            if fired and fired < models:
+                shown.add(check["alertname"])
+    for alert in ("TrioInferHighErrorRate", "TrioInferRequestTimeouts", "TrioInferHighLatencyP99"):
+        assert alert in shown, f"no two-model case where {alert} fires for one model only"
+
+
 def test_alert_unit_tests_cover_every_alert() -> None:
     alerts = {rule["alert"] for rule in alert_rules()}
     tests = load_yaml(ALERTS_TEST)
@@ -529,12 +615,69 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     rules = []
     for panel in data_panels():
         for target in panel["targets"]:
-            rules.append(
-                {"record": f"dashboard:panel_{panel['id']}_{target['refId']}", "expr": target["expr"]}
-            )
+            expr = target["expr"].replace("$model", MODEL_ALL)  # Grafana's value for "All"
+            rules.append({"record": f"dashboard:panel_{panel['id']}_{target['refId']}", "expr": expr})
     rules_file = tmp_path / "dashboard_queries.yml"
     rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     assert_tool_ok(run_tool(promtool(), "check", "rules", str(rules_file)))
+
+
+def model_variable() -> dict[str, Any]:
+    variables = {v["name"]: v for v in dashboard().get("templating", {}).get("list", [])}
+    assert MODEL_VARIABLE in variables, (
+        f"the dashboard has no {MODEL_VARIABLE!r} variable: {sorted(variables)}"
+    )
+    variable: dict[str, Any] = variables[MODEL_VARIABLE]
+    return variable
+
+
+def test_dashboard_has_a_multi_select_model_variable() -> None:
+    variable = model_variable()
+    assert variable["type"] == "query"
+    assert variable["datasource"]["uid"] == DATASOURCE_UID
+    query = variable["query"]
+    query = query["query"] if isinstance(query, dict) else query
+    assert re.fullmatch(r"label_values\(\s*batcher_requests_total\s*,\s*model\s*\)", query), query
+    assert variable["multi"] is True and variable["includeAll"] is True
+    assert variable.get("allValue") == MODEL_ALL, "All must match every model, whatever its name"
+    assert variable["current"]["value"] in (["$__all"], "$__all"), "the default must be All"
+    assert variable.get("refresh") in (1, 2), "the list must be loaded from Prometheus, not frozen"
+    check_expr(f"{query.split('(', 1)[1].split(',')[0].strip()}", "model variable")
+
+
+def test_dashboard_per_model_panels_filter_and_split_by_model() -> None:
+    """Every query on per-model series filters every such selector by the variable, keeps `model`
+    in every aggregation (one line per model), and its legend names the model."""
+    per_model_panels = 0
+    for panel in data_panels():
+        filtered = False
+        for target in panel["targets"]:
+            expr = target["expr"]
+            where = f"panel {panel['title']!r} query {target['refId']}"
+            model_series = model_selectors(expr)
+            if not model_series:
+                assert "$model" not in expr, f"{where}: the model variable on series without the label"
+                continue
+            for name, matchers in model_series:
+                assert MODEL_FILTER in matchers.replace(" ", ""), f"{where}: {name} not filtered by model"
+            for group in _GROUPING_RE.findall(expr):
+                labels = {label.strip() for label in group.split(",")}
+                assert "model" in labels, f"{where}: aggregates the models together: by ({group})"
+            assert "{{model}}" in target.get("legendFormat", "").replace(" ", ""), f"{where}: legend"
+            filtered = True
+        per_model_panels += filtered
+    # request rate, latency, rejections, queue, 6 batching panels, the info panel
+    assert per_model_panels >= 11, per_model_panels
+
+
+def test_dashboard_batcher_panels_use_the_model_variable() -> None:
+    titles = {p["title"] for p in data_panels() if any("batcher_" in t["expr"] for t in p["targets"])}
+    for panel in data_panels():
+        if panel["title"] in titles:
+            for target in panel["targets"]:
+                if "batcher_" in target["expr"]:
+                    assert "$model" in target["expr"], f"panel {panel['title']!r}: {target['expr']}"
+    assert len(titles) >= 10, sorted(titles)
 
 
 # --------------------------------------------------------------------------------------------- Kubernetes

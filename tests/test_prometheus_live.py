@@ -1,16 +1,21 @@
 """A real Prometheus scraping a real trio-infer: the dashboard's queries and the alert rules work on
 the metrics the service actually exposes.
 
-Starts `python -m trio_infer` (debug model, one process, a small queue so bursts are rejected) and
-the Debian `prometheus` binary scraping it every second with `prometheus/alerts.yml` loaded. Sends
-~25 s of mixed load that produces every outcome the service can produce without a failing model:
-200, 422 and 404 answers, items that succeed, are rejected (queue full / predicted wait beyond a
-tiny X-Request-Timeout), time out (short X-Request-Timeout) and are cancelled (client hangs up).
-Then, through Prometheus' HTTP API:
+Starts `python -m trio_infer` serving two models (`--model debug --model second=debug`, one process,
+a small queue so bursts are rejected) and the Debian `prometheus` binary scraping it every second
+with `prometheus/alerts.yml` loaded. Sends ~25 s of mixed load that produces every outcome the
+service can produce without a failing model: 200, 422 and 404 answers (an unknown route, an unknown
+model), items that succeed, are rejected (queue full / predicted wait beyond a tiny
+X-Request-Timeout), time out (short X-Request-Timeout) and are cancelled (client hangs up), most on
+the default model and a steady stream on the second. Then, through Prometheus' HTTP API:
 
 * the target is up and every alert rule is loaded and evaluates without error;
-* every PromQL expression of every dashboard panel and every alert rule parses and evaluates;
-* every panel query returns data with at least one finite value (what Grafana can plot).
+* every batcher_* series carries a `model` label whose values are exactly the configured names
+  (a request for an unknown model adds none), and both models' traffic is counted apart;
+* every PromQL expression of every dashboard panel and every alert rule parses and evaluates, with
+  the dashboard's `model` variable on All;
+* every panel query returns data with at least one finite value (what Grafana can plot), and with
+  the variable on one model, the per-model panels show that model only.
 
 Skipped only when the `prometheus` binary is not installed (`make system-deps` installs it).
 """
@@ -55,6 +60,12 @@ START_TIMEOUT = 120.0
 # Grafana's built-in interval variables; the dashboard's windows are fixed [1m] today.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "${__rate_interval}": "1m", "$__interval": "1m"}
 GRAFANA_VARIABLES |= {"${__interval}": "1m", "$__range": "1m", "${__range}": "1m"}
+# The served models: the default (named by its source) and a second one under an alias.
+DEFAULT_MODEL = "debug"
+SECOND_MODEL = "second"
+MODELS = (DEFAULT_MODEL, SECOND_MODEL)
+# The dashboard's own variables; `model` on "All" is its allValue.
+ALL = ".*"
 
 
 # --------------------------------------------------------------------------------- the expressions
@@ -64,10 +75,13 @@ def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from _panels(panel.get("panels", []))  # collapsed rows hold their panels
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title / refId, PromQL with Grafana variables substituted) for every panel target."""
+def dashboard_queries(model: str = ALL) -> list[tuple[str, str]]:
+    """(panel title / refId, PromQL with Grafana variables substituted) for every panel target;
+    `model` is the value of the dashboard's model variable (All by default)."""
     dashboard = json.loads(DASHBOARD.read_text())
-    assert not dashboard.get("templating", {}).get("list"), "substitute the dashboard's variables here"
+    variables = {variable["name"]: variable for variable in dashboard.get("templating", {}).get("list", [])}
+    assert set(variables) == {"model"}, f"substitute the dashboard's variables here: {sorted(variables)}"
+    assert variables["model"].get("allValue") == ALL
     queries = []
     for panel in _panels(dashboard["panels"]):
         for target in panel.get("targets", []):
@@ -76,6 +90,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
                 continue
             for variable, value in GRAFANA_VARIABLES.items():
                 expr = expr.replace(variable, value)
+            expr = expr.replace("${model}", model).replace("$model", model)
             assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
             queries.append((f"{panel['title']} / {target.get('refId', '?')}", expr))
     return queries
@@ -99,7 +114,13 @@ def test_expressions_found() -> None:
 # ------------------------------------------------------------------------------------- processes
 @pytest.fixture
 def service() -> Iterator[ServerProcess]:
-    proc = ServerProcess(args=["--max-queue-size", "32", "--graceful-timeout", "5"])
+    proc = ServerProcess(
+        args=[
+            *("--max-queue-size", "32", "--graceful-timeout", "5"),
+            *("--model", DEFAULT_MODEL, "--model", f"{SECOND_MODEL}={DEFAULT_MODEL}"),
+        ],
+        env={"MODEL_NAME": ""},  # ServerProcess sets MODEL_NAME=debug; --model replaces it
+    )
     proc.start(timeout=START_TIMEOUT)  # (not `with proc.start()`: __enter__ would start a second one)
     try:
         yield proc
@@ -176,10 +197,13 @@ async def apply_load(port: int, seconds: float) -> dict[str, int]:
     def count(kind: str) -> None:
         seen[kind] = seen.get(kind, 0) + 1
 
-    async def embed(text: str, time_limit: str | None = None) -> None:
+    async def embed(text: str, time_limit: str | None = None, model: str | None = None) -> None:
         headers = {"X-Request-Timeout": time_limit} if time_limit else {}
-        response = await post_json(port, "/embed", {"input_text": text}, headers)
+        body = {"input_text": text} if model is None else {"input_text": text, "model": model}
+        response = await post_json(port, "/embed", body, headers)
         count(str(response.status))
+        if model is not None and response.status == 200:
+            count(f"answered by {response.json()['model']}")
 
     async def steady(worker: int) -> None:  # successes of mixed lengths
         i = 0
@@ -188,12 +212,21 @@ async def apply_load(port: int, seconds: float) -> dict[str, int]:
             i += 1
             await trio.sleep(0.02)
 
-    async def invalid() -> None:  # 422, 404
+    async def second_model() -> None:  # successes of the second model, named by its alias
+        i = 0
+        while trio.current_time() < end:
+            await embed(f"second {i} " + "word " * (i % 20), model=SECOND_MODEL)
+            i += 1
+            await trio.sleep(0.05)
+
+    async def invalid() -> None:  # 422, 404 (route), 404 (model)
         while trio.current_time() < end:
             response = await post_json(port, "/embed", {"text": "wrong field"})
             count(str(response.status))
             response = await request(port, json_request("/no-such-route", {}))
             count(str(response.status))
+            response = await post_json(port, "/embed", {"input_text": "x", "model": "no-such-model"})
+            count(f"{response.status} model")
             await trio.sleep(0.5)
 
     async def hang_up() -> None:  # cancelled: the client leaves before its answer
@@ -215,6 +248,7 @@ async def apply_load(port: int, seconds: float) -> dict[str, int]:
     async with trio.open_nursery() as nursery:
         for worker in range(3):
             nursery.start_soon(steady, worker)
+        nursery.start_soon(second_model)
         nursery.start_soon(invalid)
         nursery.start_soon(hang_up)
         nursery.start_soon(bursts)
@@ -252,7 +286,9 @@ async def scraped_after_the_load(prom: httpx.AsyncClient, port: int) -> bool:
     }
     result = (await query(prom, f'batcher_requests_total{{job="{JOB}"}}'))["data"]["result"]
     scraped = {
-        f'batcher_requests_total{{status="{item["metric"]["status"]}"}}': float(item["value"][1])
+        f'batcher_requests_total{{model="{item["metric"]["model"]}",status="{item["metric"]["status"]}"}}': float(
+            item["value"][1]
+        )
         for item in result
     }
     return bool(own) and scraped == own
@@ -274,6 +310,9 @@ async def test_dashboard_and_alerts_against_live_prometheus(
     print(f"\nanswers during the load: {seen}")
     assert seen.get("200", 0) > 100 and seen.get("422", 0) > 0 and seen.get("404", 0) > 0, seen
     assert seen.get("503", 0) > 0 and seen.get("504", 0) > 0, seen
+    answered_by = {kind for kind in seen if kind.startswith("answered by ")}
+    assert answered_by == {f"answered by {SECOND_MODEL}"}, seen  # the answer names the model asked for
+    assert seen[f"answered by {SECOND_MODEL}"] > 20 and seen.get("404 model", 0) > 0, seen
     await wait_until(
         lambda: scraped_after_the_load(prom, service.port), 60, "Prometheus to scrape the end of the load"
     )
@@ -287,6 +326,22 @@ async def test_dashboard_and_alerts_against_live_prometheus(
     http = (await query(prom, "sum by (status) (increase(http_requests_total[5m]))"))["data"]["result"]
     http_codes = {item["metric"]["status"] for item in http}
     assert {"200", "404", "422", "503", "504"} <= http_codes, http_codes
+
+    # The model label: on every batcher_* series, only the configured names, each model counted apart.
+    labelled = (await query(prom, 'count by (__name__, model) ({__name__=~"batcher_.*"})'))["data"]
+    families: dict[str, set[str | None]] = {}
+    for item in labelled["result"]:
+        families.setdefault(item["metric"]["__name__"], set()).add(item["metric"].get("model"))
+    assert len(families) >= 20, sorted(families)  # 10 families, histograms as _bucket/_sum/_count
+    for name, models in families.items():
+        assert models == set(MODELS), f"{name}: model label values {models}"
+    per_model = await query(prom, 'sum by (model) (increase(batcher_requests_total{status="success"}[5m]))')
+    success = {item["metric"]["model"]: float(item["value"][1]) for item in per_model["data"]["result"]}
+    print(f"successful items by model (Prometheus, increase over 5m): {success}")
+    assert set(success) == set(MODELS) and all(value > 0 for value in success.values()), success
+    for info in ("trio_infer_model_info", "trio_infer_backend_info", "trio_infer_max_batch_tokens"):
+        result = (await query(prom, info))["data"]["result"]
+        assert {item["metric"]["model"] for item in result} == set(MODELS), (info, result)
 
     problems = []
     for name, expr in dashboard_queries():
@@ -302,6 +357,21 @@ async def test_dashboard_and_alerts_against_live_prometheus(
         if body.get("status") != "success":
             problems.append(f"alert {name}: {expr}\n  -> {body.get('errorType')}: {body.get('error')}")
     assert not problems, "\n".join(problems)
+
+    # The model variable on one model: the per-model panels show that model's series only.
+    filtered = 0
+    for (name, expr), (_, expr_all) in zip(dashboard_queries(SECOND_MODEL), dashboard_queries(), strict=True):
+        if expr == expr_all:
+            continue  # a panel the variable does not filter (HTTP, process)
+        body = await query(prom, expr)
+        assert body.get("status") == "success", (name, expr, body)
+        result = body["data"]["result"]
+        models = {item["metric"].get("model") for item in result}
+        if models != {SECOND_MODEL} or not any(math.isfinite(float(item["value"][1])) for item in result):
+            problems.append(f"panel {name} with model={SECOND_MODEL}: {expr}\n  -> {result}")
+        filtered += 1
+    assert not problems, "\n".join(problems)
+    assert filtered >= 20, filtered
 
     # The rule file loaded and every rule has been evaluated without error.
     expected = {name for name, _ in alert_expressions()}
