@@ -463,7 +463,8 @@ _FLAGS: tuple[Setting, ...] = (
 _EPILOG = """\
 model selection (environment only):
   MODEL_NAME   sentence-transformers model id or local path (default: the bundled
-               all-MiniLM-L6-v2, runs offline); 'debug' serves hash vectors, no model
+               all-MiniLM-L6-v2, runs offline); 'debug' serves hash vectors, no model.
+               One model; --model/MODELS serve several (not both)
   HF_TOKEN     token passed to the Hugging Face hub for private models
   DEVICE       torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)
 
