@@ -272,6 +272,23 @@ async def test_one_unhealthy_model_makes_the_service_unhealthy_naming_it(
     assert (await response.get_json())["status"] == "healthy"
 
 
+async def test_an_unhealthy_default_model_gives_its_own_reason(
+    client: Client, service: EmbeddingService
+) -> None:
+    service.default.batcher.running = False  # as when its batcher has stopped
+    response = await client.get("/health")
+    assert response.status_code == 503
+    body = await response.get_json()
+    assert body["status"] == "unhealthy"
+    assert body["reason"] == "the batcher is not running"  # the default's reason, as before
+    assert body["models"]["alpha"]["status"] == "unhealthy"
+    assert body["models"]["beta"]["status"] == "healthy"
+    # The other model still serves.
+    status, answer = await post(client, "/embed", {"input_text": "still here", "model": "beta"})
+    assert (status, answer["model"]) == (200, "beta")
+    service.default.batcher.running = True
+
+
 # ------------------------------------------------------------------------------------------ metrics
 
 
