@@ -182,8 +182,8 @@ def two_models_part(texts: list[str], settings: Settings) -> Section:
         sec.notes.append(
             f"mixed: {DEBUG} p99 {debug_p99 * 1000:.1f} ms = {debug_p99 * 1000 / bundled_forward:.1f} x "
             f"the mean {BUNDLED} forward pass ({bundled_forward:.0f} ms); {BUNDLED} p50 {bundled_p50:.0f} "
-            f"ms, p99 {bundled_p99:.0f} ms. A debug text waits for the texts admitted before it "
-            "(oldest first), not behind the whole saturated queue that keeps arriving."
+            f"ms, p99 {bundled_p99:.0f} ms. A debug text waits for the bundled texts admitted before "
+            "it (oldest text first), then has the next turn: not for the texts that arrive after it."
         )
     for run in runs:
         _check_noise(sec, f"two models, {run.label}", run.span)
