@@ -19,6 +19,9 @@ from bench import corpus, report
 from bench.backends import backends_part
 from bench.parts import Settings, model_part, serving_part
 from bench.server import REPO_ROOT, RESULTS_DIR
+from bench.two_models import two_models_part
+
+PARTS = ("model", "backends", "serving", "two-models")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +40,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--skip-wrk", action="store_true", help="skip the serving-path part (debug model vs bare, wrk)"
+    )
+    p.add_argument(
+        "--skip-two-models",
+        action="store_true",
+        help="skip the two-model row (bundled and debug model in one server, mixed load)",
+    )
+    p.add_argument(
+        "--only",
+        help=f"comma-separated parts to run, the others skipped: {', '.join(PARTS)} "
+        "(backends needs model); default: all",
     )
     p.add_argument(
         "--port", type=int, default=0, help="trio-infer port (bare app: port+1); default: free ports"
@@ -66,7 +79,29 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=64,
         help="closed-loop clients for the --batching-workers comparison (default 64: two batches' worth)",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--two-model-clients",
+        default="32,8",
+        help="closed-loop clients of the two-model row: BUNDLED,DEBUG (default 32,8: the bundled model "
+        "saturated, the debug model the quiet one)",
+    )
+    args = p.parse_args(argv)
+    only = set(_names(args.only)) if args.only else set(PARTS)
+    if only - set(PARTS):
+        p.error(f"--only: unknown part(s) {', '.join(sorted(only - set(PARTS)))}; parts: {', '.join(PARTS)}")
+    args.skip_model |= "model" not in only
+    args.skip_backends |= "backends" not in only
+    args.skip_wrk |= "serving" not in only
+    args.skip_two_models |= "two-models" not in only
+    clients = _int_list(args.two_model_clients, default="32,8")
+    if len(clients) != 2 or min(clients) < 1:
+        p.error("--two-model-clients: two positive numbers, BUNDLED,DEBUG")
+    args.two_model_clients = (clients[0], clients[1])
+    return args
+
+
+def _names(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _int_list(value: str | None, *, default: str) -> tuple[int, ...]:
@@ -99,8 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         wait_quiet=args.wait_quiet if args.wait_quiet is not None else (0.0 if quick else 60.0),
         batching_workers=_int_list(args.batching_workers, default="" if quick else "1,4"),
         batching_clients=args.batching_clients,
+        two_model_clients=args.two_model_clients,
     )
-    output = args.output or (RESULTS_DIR / "BENCHMARKS.quick.md" if quick else REPO_ROOT / "BENCHMARKS.md")
+    # A partial run (--only) or a quick one never rewrites BENCHMARKS.md unless --output says so.
+    default_output = (
+        RESULTS_DIR / "BENCHMARKS.quick.md"
+        if quick
+        else RESULTS_DIR / "BENCHMARKS.only.md"
+        if args.only
+        else REPO_ROOT / "BENCHMARKS.md"
+    )
+    output = args.output or default_output
     texts = corpus.make_corpus()
     corpus_text = corpus.describe(texts) + f" (seed {corpus.DEFAULT_SEED}, `bench/corpus.py`)"
     print(f"corpus: {corpus_text}", flush=True)
@@ -115,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda: backends_part(texts, settings, sections[0]),
         ),
         ("serving", args.skip_wrk, lambda: serving_part(settings)),
+        ("two-models", args.skip_two_models, lambda: two_models_part(texts, settings)),
     ]
     for name, skip, run in parts:
         if skip:
@@ -135,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         + (" (--quick)" if quick else "")
         + (" (--skip-model)" if args.skip_model else "")
         + (" (--skip-wrk)" if args.skip_wrk else "")
+        + (" (--skip-two-models)" if args.skip_two_models else "")
+        + (f" (--only {args.only})" if args.only else "")
     )
     run_text = report.render_run(sections, settings_text, corpus_text, failures, load)
     print("\n" + run_text)

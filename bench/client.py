@@ -52,10 +52,13 @@ class LoadResult:
         return statistics.quantiles(self.latencies, n=100, method="inclusive")[round(q * 100) - 1]
 
 
-def build_requests(texts: list[str], host: str, port: int, path: str = "/embed") -> list[bytes]:
+def build_requests(
+    texts: list[str], host: str, port: int, path: str = "/embed", model: str | None = None
+) -> list[bytes]:
+    """One pre-encoded `POST /embed` per text; with `model`, the body names it (else the default model)."""
     out = []
     for t in texts:
-        body = orjson.dumps({"input_text": t})
+        body = orjson.dumps({"input_text": t} if model is None else {"input_text": t, "model": model})
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
@@ -151,12 +154,15 @@ async def run_load(
     warmup: float,
     name: str = "",
     request_timeout: float = REQUEST_TIMEOUT,
+    model: str | None = None,
 ) -> LoadResult:
     """Closed loop with ``clients`` connections for ``warmup`` + ``duration`` seconds.
 
-    Only requests that start and finish inside the measurement window are counted.
+    Only requests that start and finish inside the measurement window are counted. With ``model``,
+    every request names it and a response that names another model counts as an error.
     """
-    requests = build_requests(texts, host, port)
+    requests = build_requests(texts, host, port, model=model)
+    answered_by = None if model is None else b'"model":' + orjson.dumps(model)
     result = LoadResult(name or f"{clients} clients", clients, duration)
     next_index = 0
     t_start = time.perf_counter() + warmup
@@ -195,6 +201,8 @@ async def run_load(
                 problem = f"HTTP {status}"
             elif b'"embedding"' not in body:
                 problem = "no embedding in body"
+            elif answered_by is not None and answered_by not in body:
+                problem = "answered by another model"
             elif sent % _VALIDATE_EVERY == 1:
                 problem = _check_body(body)
             if t0 >= t_start and t1 <= t_end:

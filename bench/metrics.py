@@ -19,8 +19,12 @@ HISTOGRAMS = {
 }
 
 
-def scrape(server: Server) -> dict[str, float]:
-    """Sum of each ``<histogram>_sum`` / ``_count`` over all label sets; {} if /metrics is unavailable."""
+def scrape(server: Server, model: str | None = None) -> dict[str, float]:
+    """Sum of each ``<histogram>_sum`` / ``_count`` over all label sets (with ``model``, only the label
+    sets of that model: series without a model label, such as the event-loop lag, are left out);
+    {} if /metrics is unavailable."""
+    label = None if model is None else f'model="{model}"'
+
     try:
         status, body = server.get("/metrics")
     except OSError:
@@ -35,6 +39,8 @@ def scrape(server: Server) -> dict[str, float]:
         if not m:
             continue
         name = m.group(1)
+        if label is not None and label not in (m.group(2) or ""):
+            continue
         if name.endswith(("_sum", "_count")) and name.rsplit("_", 1)[0] in HISTOGRAMS:
             try:
                 out[name] = out.get(name, 0.0) + float(m.group(3))

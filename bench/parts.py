@@ -34,6 +34,7 @@ class Settings:
     retries: int  # measure again (up to this many times) when other processes disturbed a run
     batching_workers: tuple[int, ...] = ()  # --num-batching-workers values to compare (one server each)
     batching_clients: int = 64  # closed-loop clients in that comparison (more than one batch waiting)
+    two_model_clients: tuple[int, int] = (32, 8)  # two-model row: bundled-model clients, debug clients
 
 
 def _quiet(settings: Settings) -> None:

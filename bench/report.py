@@ -28,6 +28,13 @@ Targets:
 - Serving path: trio-infer with `MODEL_NAME=debug` (hash embedder, no torch) >= 0.90 x a bare quart-trio
   app on hypercorn's trio worker with the same request and response shapes (`wrk -t2 -c32`,
   `bench/post.lua`).
+- Two models in one process (issue 12, `bench/two_models.py`): one server with
+  `--model sentence-transformers/all-MiniLM-L6-v2 --model debug` (torch backend), 32 closed-loop clients
+  on the bundled model and 8 on the debug model at once, against the same server's runs of each model
+  alone. No numeric target: every request must be answered (0 errors, each by the model it named) and
+  both models served; the table gives the bundled model's rate with the debug load as a ratio of its rate
+  alone, and the debug model's p99 while the bundled model is saturated (the notes compare it with the
+  bundled model's forward pass and latency). The start log's per-model memory lines are in the notes.
 - A row passes only if it also had no errors (any non-200 answer or broken connection).
 """
 
