@@ -16,10 +16,12 @@ def test_health_and_metrics_report_backend_and_precision() -> None:
     health = service.health()
     assert (health["backend"], health["precision"]) == ("openvino", "bfloat16")
     registry = service.metrics.registry
-    labels = {"backend": "openvino", "precision": "bfloat16"}
+    labels = {"model": "fake-model", "backend": "openvino", "precision": "bfloat16"}
     assert registry.get_sample_value("trio_infer_backend_info", labels) == 1.0
     assert (
-        registry.get_sample_value("trio_infer_backend_info", {"backend": "torch", "precision": "float32"})
+        registry.get_sample_value(
+            "trio_infer_backend_info", {"model": "fake-model", "backend": "torch", "precision": "float32"}
+        )
         is None
     )
 

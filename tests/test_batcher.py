@@ -48,7 +48,8 @@ async def model_busy(
 
 
 def sample(service: EmbeddingService, name: str, **labels: str) -> float | None:
-    return service.metrics.registry.get_sample_value(name, labels)
+    """A batcher series of the one (fake) model."""
+    return service.metrics.registry.get_sample_value(name, {"model": FakeEmbedder.name, **labels})
 
 
 def words(count: int, tag: str = "w") -> str:

@@ -12,7 +12,8 @@ from tests.fakes import FakeEmbedder, make_service
 from trio_infer.config import Settings
 from trio_infer.core.batching import ShutdownStalled
 from trio_infer.core.errors import Overloaded
-from trio_infer.core.service import FAILED_PASSES_UNHEALTHY, EmbeddingService
+from trio_infer.core.served_model import FAILED_PASSES_UNHEALTHY
+from trio_infer.core.service import EmbeddingService
 
 SETTINGS = Settings(request_timeout=600.0, graceful_timeout=2.0, watchdog_timeout=5.0)
 
@@ -40,7 +41,7 @@ async def test_tokenized_texts_waiting_for_the_model_still_count_against_the_que
     assert service.batcher.queue_size == 4
     with pytest.raises(Overloaded):
         service.admit(["one too many"])
-    assert service.metrics.registry.get_sample_value("batcher_queue_size") == 4
+    assert service.metrics.registry.get_sample_value("batcher_queue_size", {"model": "fake-model"}) == 4
     embedder.gate.set()
     await trio.sleep(1.0)
     assert service.batcher.queue_size == 0
@@ -78,7 +79,7 @@ async def test_a_hung_tokenizer_trips_the_watchdog_and_the_reason_says_so(
     embedder.gate.set()  # the forward pass ends; the tokenization does not
     await trio.sleep(1.0)
     assert service.healthy()
-    with caplog.at_level(logging.ERROR, logger="trio_infer.core.service"):
+    with caplog.at_level(logging.ERROR, logger="trio_infer.core.served_model"):
         await trio.sleep(SETTINGS.watchdog_timeout + 5.0)
     health = service.health()
     assert health["status"] == "unhealthy"
@@ -98,12 +99,12 @@ async def test_a_hung_forward_pass_is_logged_once_with_its_age_and_requests(
     embedder = FakeEmbedder()
     service = await started(make_service(embedder, SETTINGS), nursery)
     embedder.gate = trio.Event()
-    with caplog.at_level(logging.ERROR, logger="trio_infer.core.service"):
+    with caplog.at_level(logging.ERROR, logger="trio_infer.core.served_model"):
         nursery.start_soon(lambda: service.embed(["hangs"], request_id="req-hang"))
         await trio.sleep(3 * SETTINGS.watchdog_timeout)
     trips = [r.getMessage() for r in caplog.records if "watchdog" in r.getMessage()]
     assert len(trips) == 1, trips
-    assert "forward pass of 1 text(s) has run 5.0" in trips[0] and "req-hang" in trips[0]
+    assert "forward pass of 1 text(s) of model fake-model has run 5.0" in trips[0] and "req-hang" in trips[0]
     assert "forward pass" in str(service.health()["reason"])
     embedder.gate.set()
 
@@ -117,7 +118,7 @@ async def test_failed_passes_in_a_row_make_health_unhealthy_until_one_succeeds(
         with pytest.raises(Exception, match="inference failed"):
             await service.embed([f"broken {i}"])
     assert service.healthy()
-    with caplog.at_level(logging.ERROR, logger="trio_infer.core.service"):
+    with caplog.at_level(logging.ERROR, logger="trio_infer.core.served_model"):
         with pytest.raises(Exception, match="inference failed"):
             await service.embed([f"broken {FAILED_PASSES_UNHEALTHY - 1}"])
         await trio.sleep(0.2)
@@ -125,10 +126,11 @@ async def test_failed_passes_in_a_row_make_health_unhealthy_until_one_succeeds(
     assert health["status"] == "unhealthy"
     assert health["reason"] == f"the last {FAILED_PASSES_UNHEALTHY} forward passes failed"
     assert not service.ready()
-    trips = [r for r in caplog.records if r.name == "trio_infer.core.service"]
+    trips = [r for r in caplog.records if r.name == "trio_infer.core.served_model"]
     assert (
         len(trips) == 1
-        and f"{FAILED_PASSES_UNHEALTHY} forward passes failed in a row" in trips[0].getMessage()
+        and f"{FAILED_PASSES_UNHEALTHY} forward passes failed in a row (model fake-model)"
+        in trips[0].getMessage()
     )
     await service.embed(["works again"])
     assert service.healthy()

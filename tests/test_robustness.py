@@ -44,7 +44,13 @@ from trio_infer.models.debug import DebugEmbedder
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DIMENSION = 384
-REQUESTS = 'batcher_requests_total{status="%s"}'
+# The batcher series of the one model a ServerProcess serves (MODEL_NAME=debug).
+REQUESTS = 'batcher_requests_total{model="debug",status="%s"}'
+SKIPPED = 'batcher_skipped_total{model="debug"}'
+BATCH_SIZE_SUM = 'batcher_batch_size_sum{model="debug"}'
+BATCH_SIZE_COUNT = 'batcher_batch_size_count{model="debug"}'
+QUEUE_SIZE = 'batcher_queue_size{model="debug"}'
+INFLIGHT_BATCHES = 'batcher_inflight_batches{model="debug"}'
 # How long a `[[sleep:HOLD]]` text keeps the model busy: long enough that everything a test does
 # meanwhile (open dozens of connections, poll /health) fits in it on a loaded 2-core machine.
 HOLD = 6.0
@@ -286,13 +292,13 @@ async def test_callers_who_disconnect_are_never_computed(start_server: Callable[
     assert hold[0].status == 200
     await wait_for(lambda: _skipped(port, before, leavers), what="the collectors to skip the leavers")
     after = await metrics(port)
-    print(f"\n{leavers} callers left; texts computed: {delta(after, before, 'batcher_batch_size_sum'):.0f}")
+    print(f"\n{leavers} callers left; texts computed: {delta(after, before, BATCH_SIZE_SUM):.0f}")
     assert delta(after, before, REQUESTS % "cancelled") == leavers
-    assert delta(after, before, "batcher_skipped_total") == leavers
-    assert delta(after, before, "batcher_batch_size_sum") == 1  # only the holder's text was computed
-    assert delta(after, before, "batcher_batch_size_count") == 1
+    assert delta(after, before, SKIPPED) == leavers
+    assert delta(after, before, BATCH_SIZE_SUM) == 1  # only the holder's text was computed
+    assert delta(after, before, BATCH_SIZE_COUNT) == 1
     assert delta(after, before, REQUESTS % "success") == 1
-    assert after["batcher_queue_size"] == 0
+    assert after[QUEUE_SIZE] == 0
     no_tracebacks(server)
 
 
@@ -301,7 +307,7 @@ async def _queued(port: int, count: int) -> bool:
 
 
 async def _skipped(port: int, before: dict[str, float], count: int) -> bool:
-    return delta(await metrics(port), before, "batcher_skipped_total") >= count
+    return delta(await metrics(port), before, SKIPPED) >= count
 
 
 DEADLINE = 0.3  # X-Request-Timeout of the impatient callers
@@ -338,8 +344,8 @@ async def expired_deadlines(server: ServerProcess, callers: int = 10) -> list[Re
     await wait_for(lambda: _skipped(port, before, callers), what="the collectors to skip them")
     after = await metrics(port)
     assert delta(after, before, REQUESTS % "timeout") == callers
-    assert delta(after, before, "batcher_skipped_total") == callers
-    assert delta(after, before, "batcher_batch_size_sum") == 1  # only the holder's text
+    assert delta(after, before, SKIPPED) == callers
+    assert delta(after, before, BATCH_SIZE_SUM) == 1  # only the holder's text
     no_tracebacks(server)
     return results
 
@@ -438,12 +444,12 @@ async def disconnect_storm(server: ServerProcess, clients: int) -> Storm:
     growth_mib = (server.rss_kib() - rss_before) / 1024
     print(
         f"\n{clients} clients in {elapsed:.1f} s; cancelled {delta(after, before, REQUESTS % 'cancelled'):.0f}, "
-        f"skipped {delta(after, before, 'batcher_skipped_total'):.0f}, "
+        f"skipped {delta(after, before, SKIPPED):.0f}, "
         f"success {delta(after, before, REQUESTS % 'success'):.0f}; RSS growth {growth_mib:.1f} MiB, "
         f"fds {fds_before}->{server.open_fds()}, threads {threads_before}->{server.threads()}"
     )
     assert sum(outcomes.values()) == clients
-    assert after["batcher_queue_size"] == 0 and after["batcher_inflight_batches"] == 0
+    assert after[QUEUE_SIZE] == 0 and after[INFLIGHT_BATCHES] == 0
     assert delta(after, before, REQUESTS % "cancelled") > 0  # callers did leave while queued
     assert server.threads() <= threads_before + 4
     assert (await post_json(port, "/embed", {"input_text": "still serving"})).status == 200
@@ -552,7 +558,7 @@ async def hung_forward_pass(server: ServerProcess) -> dict[str, Response]:
     await wait_for(lambda: _healthy(port), limit=HOLD + WAIT, what="/health to recover")
     after = await metrics(port)
     assert delta(after, before, REQUESTS % "timeout") == 3
-    assert delta(after, before, "batcher_skipped_total") == 2  # the hung text itself was computing
+    assert delta(after, before, SKIPPED) == 2  # the hung text itself was computing
     assert (await post_json(port, "/embed", {"input_text": "healthy again"})).status == 200
     return results
 

@@ -102,7 +102,7 @@ def test_start_log_says_whether_authentication_is_on(args: tuple[str, ...], stat
     with ServerProcess(args=args) as server:
         assert server.stop() == 0  # log lines are buffered until the process flushes them at exit
         log = server.log()
-    assert f"(authentication: {state}); loading the model" in log
+    assert f"(authentication: {state}); loading 1 model" in log
     assert f"authentication: {state})" in log.split("ready on", 1)[1]
     assert "k3y" not in log
 

@@ -119,8 +119,12 @@ async def test_cancelled_callers_get_nothing_and_the_others_get_their_vectors(nu
     np.testing.assert_allclose(results["stays for the result"], text_vector("stays for the result"))
     assert "leaves during the pass" not in results
     registry = service.metrics.registry
-    assert registry.get_sample_value("batcher_requests_total", {"status": "cancelled"}) == 1
-    assert registry.get_sample_value("batcher_requests_total", {"status": "success"}) == 2
+    assert (
+        registry.get_sample_value("batcher_requests_total", {"model": model.name, "status": "cancelled"}) == 1
+    )
+    assert (
+        registry.get_sample_value("batcher_requests_total", {"model": model.name, "status": "success"}) == 2
+    )
     # The service goes on serving after the abandoned text.
     model.hold.clear()
     with trio.fail_after(LIMIT):

@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 START_TIMEOUT = 120.0  # two interpreters importing quart & co. on a busy 2-core machine
 STOP_TIMEOUT = 60.0
-SUCCESS = 'batcher_requests_total{status="success"}'
+SUCCESS = 'batcher_requests_total{model="debug",status="success"}'  # ServerProcess serves "debug"
+SUCCESS_LABELS = {"model": "debug", "status": "success"}
 SERVER_ARGV = (sys.executable, "-m", "trio_infer")
 
 
@@ -81,13 +82,14 @@ def ready_lines(server: ServerProcess) -> int:
 
 
 def successes_per_pid(metrics_dir: Path) -> dict[int, float]:
-    """batcher_requests_total{status="success"} of each worker, from its own counter file."""
+    """batcher_requests_total{model="debug",status="success"} of each worker, from its own counter
+    file."""
     counts: dict[int, float] = {}
     for path in metrics_dir.glob("counter_*.db"):
         pid = int(path.stem.rsplit("_", 1)[1])
         for family in MultiProcessCollector.merge([str(path)], accumulate=True):
             for sample in family.samples:
-                if sample.name == "batcher_requests_total" and sample.labels.get("status") == "success":
+                if sample.name == "batcher_requests_total" and sample.labels == SUCCESS_LABELS:
                     counts[pid] = counts.get(pid, 0.0) + sample.value
     return counts
 
@@ -174,7 +176,7 @@ async def test_requests_spread_over_two_workers_and_metrics_merge(
         assert merged[SUCCESS] == sent
         assert merged['http_requests_total{method="POST",route="/embed",status="200"}'] == sent
         assert merged["trio_infer_ready"] == 1
-        assert merged["batcher_queue_size"] == 0
+        assert merged['batcher_queue_size{model="debug"}'] == 0
 
     assert stop(server) == 0, server.log()[-5000:]
     assert not any(alive(pid) for pid in workers)
