@@ -19,6 +19,8 @@ TARGET_BATCH = 0.90
 TARGET_SERVING = 0.90
 # Alternating wrk rounds of the bare app and trio-infer in the serving-path part.
 SERVING_ROUNDS = 3
+# Alternating rounds of each in-process ceiling and the server run it is the reference of.
+MODEL_ROUNDS = 2
 T = TypeVar("T")
 NOISY_CORES = 0.15  # other processes using more than this during a run make its figures suspect
 
@@ -95,64 +97,95 @@ def _check_noise(sec: Section, label: str, span: cpu.Span | None) -> None:
 
 
 def model_part(texts: list[str], settings: Settings) -> Section:
+    """The server at 1 and at 32 clients, each against its in-process ceiling.
+
+    The host's speed drifts by up to 25% within minutes, so each server run is paired with its ceiling
+    measured right next to it: the server stays up (idle while the ceiling runs) and the two alternate
+    over MODEL_ROUNDS rounds (ceiling first, then server first); the ratio is of the mean rates.
+    """
     sec = Section("Model: trio-infer (bundled all-MiniLM-L6-v2, CPU) vs in-process ceilings", "texts/s")
-    print("in-process ceilings ...", flush=True)
+    print("in-process model ...", flush=True)
     model = inprocess.load_model()
     inprocess.warm_up(model, texts)
-    before = _ceilings(model, texts, settings)
     port, _ = _ports(settings)
     args = ["-m", "trio_infer", "--port", str(port), "--backend", "torch"]
-    served: list[tuple[Row, str, cpu.Span]] = []
+    pairs = (
+        (inprocess.one_at_a_time, TARGET_SINGLE, "one-at-a-time", "in-process one-at-a-time"),
+        (inprocess.sorted_batches, TARGET_BATCH, "sorted batches", None),
+    )
+    ceiling_rows: list[Row] = []
+    served_rows: list[Row] = []
     print(f"starting trio-infer on port {port} ...", flush=True)
     try:
         with server.running("trio-infer", args, port, {"MODEL_NAME": None}, settings.ready_timeout) as s:
-            for n in settings.clients:
-                served.append(
-                    _least_disturbed(
-                        f"{n} client(s)",
-                        settings,
-                        partial(_closed_loop, s, texts, n, settings),
-                        itemgetter(2),
+            for n, (measure, target, of, _name) in zip(settings.clients, pairs, strict=True):
+                ceilings: list[inprocess.Ceiling] = []
+                served: list[tuple[Row, str, cpu.Span]] = []
+                for round_ in range(MODEL_ROUNDS):
+                    steps = ("ceiling", "server") if round_ % 2 == 0 else ("server", "ceiling")
+                    for step in steps:
+                        if step == "ceiling":
+                            ceilings.append(
+                                _least_disturbed(
+                                    of,
+                                    settings,
+                                    partial(measure, model, texts, settings.inprocess_seconds),
+                                    _span,
+                                )
+                            )
+                            print(f"  in-process {of}: {ceilings[-1].rate:.1f} texts/s", flush=True)
+                        else:
+                            served.append(
+                                _least_disturbed(
+                                    f"{n} client(s)",
+                                    settings,
+                                    partial(_closed_loop, s, texts, n, settings),
+                                    itemgetter(2),
+                                )
+                            )
+                ceiling_rate = sum(c.rate for c in ceilings) / len(ceilings)
+                first = ceilings[0]
+                ceiling_rows.append(
+                    Row(
+                        first.name + ("" if measure is inprocess.one_at_a_time else " (latency per batch)"),
+                        ceiling_rate,
+                        first.quantile(0.5),
+                        first.quantile(0.99),
+                        role="ceiling",
                     )
                 )
+                for c in ceilings:
+                    if c.span is not None:
+                        sec.notes.append(
+                            f"{c.name}: {c.texts} texts in {c.seconds:.1f} s ({c.rate:.1f}/s); {c.span.describe()}"
+                        )
+                    _check_noise(sec, c.name, c.span)
+                rows = [row for row, _, _ in served]
+                middle = sorted(rows, key=lambda row: row.rate)[len(rows) // 2]
+                row = Row(
+                    middle.name,
+                    sum(r.rate for r in rows) / len(rows),
+                    middle.p50,
+                    middle.p99,
+                    sum(r.errors or 0 for r in rows),
+                    error_detail="; ".join(r.error_detail for r in rows if r.error_detail),
+                )
+                row.ratio, row.target, row.ratio_of = row.rate / ceiling_rate, target, of
+                served_rows.append(row)
+                sec.notes.append(
+                    f"{row.name}: runs {', '.join(f'{r.rate:.1f}' for r in rows)} texts/s, "
+                    f"next to in-process {of} {', '.join(f'{c.rate:.1f}' for c in ceilings)} texts/s "
+                    f"({MODEL_ROUNDS} rounds, alternating)"
+                )
+                for _, note, span in served:
+                    _check_noise(sec, row.name, span)
+                    sec.notes.append(note)
         _check_stopped(sec, s)
     except server.ServerError as exc:
         sec.problems.append(f"trio-infer: {exc}")
-    sec.rows += _batching_workers_rows(sec, texts, settings)
-    # The machine's speed drifts over minutes (shared host): the ceilings are measured again after the
-    # server runs and their mean is the reference, so drift does not land on one side of the ratio.
-    print("in-process ceilings again ...", flush=True)
-    after = _ceilings(model, texts, settings)
     del model
-    rates = {}
-    for first, second in zip(before, after, strict=True):
-        rates[first.name] = (first.rate + second.rate) / 2
-        for c in (first, second):
-            if c.span is not None:
-                sec.notes.append(
-                    f"{c.name}: {c.texts} texts in {c.seconds:.1f} s ({c.rate:.1f}/s); {c.span.describe()}"
-                )
-            _check_noise(sec, c.name, c.span)
-        print(f"  {first.name}: {first.rate:.1f} then {second.rate:.1f} texts/s", flush=True)
-    single, batched = before
-    sec.rows += [
-        Row(single.name, rates[single.name], single.quantile(0.5), single.quantile(0.99), role="ceiling"),
-        Row(
-            batched.name + " (latency per batch)",
-            rates[batched.name],
-            batched.quantile(0.5),
-            batched.quantile(0.99),
-            role="ceiling",
-        ),
-    ]
-    references = {settings.clients[0]: (single, TARGET_SINGLE), settings.clients[1]: (batched, TARGET_BATCH)}
-    for (row, note, span), n in zip(served, settings.clients, strict=False):
-        ceiling, target = references[n]
-        _check_noise(sec, row.name, span)
-        row.ratio, row.target = row.rate / rates[ceiling.name], target
-        row.ratio_of = "one-at-a-time" if ceiling is single else "sorted batches"
-        sec.rows.append(row)
-        sec.notes.append(note)
+    sec.rows += _batching_workers_rows(sec, texts, settings)
+    sec.rows += ceiling_rows + served_rows
     return sec
 
 
