@@ -55,34 +55,14 @@ class EmbeddingService:
         self.lifecycle = lifecycle
         self.metrics = metrics
         for model in self.models:
-            metrics.for_model(model.name).describe(
+            model.batcher.metrics.describe(
                 device=model.device, backend=model.backend, precision=model.precision
             )
 
-    # The default model, as the single-model API and `/health`'s top-level fields report it.
     @property
     def batcher(self) -> Batcher:
+        """The default model's batcher."""
         return self.default.batcher
-
-    @property
-    def model_name(self) -> str:
-        return self.default.name
-
-    @property
-    def device(self) -> str:
-        return self.default.device
-
-    @property
-    def dimension(self) -> int:
-        return self.default.dimension
-
-    @property
-    def backend(self) -> str:
-        return self.default.backend
-
-    @property
-    def precision(self) -> str:
-        return self.default.precision
 
     def model(self, name: str | None) -> ServedModel:
         """The model a request named (the default when None): by configured name first, then by full
