@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import trio
 
-from bench import client, cpu, inprocess, metrics, server, wrk
+from bench import client, core_loop, cpu, inprocess, metrics, server, wrk
 from bench.report import Row, Section
 
 TARGET_SINGLE = 0.90
@@ -102,11 +102,17 @@ def model_part(texts: list[str], settings: Settings) -> Section:
     The host's speed drifts by up to 25% within minutes, so each server run is paired with its ceiling
     measured right next to it: the server stays up (idle while the ceiling runs) and the two alternate
     over MODEL_ROUNDS rounds (ceiling first, then server first); the ratio is of the mean rates.
+
+    At 32 clients a third run joins each round: trio-infer's core (the same batcher and model, loaded
+    and calibrated as the server does) driven in-process by as many callers, with no HTTP. Its ratio
+    to the ceiling is the batcher's share of the gap; the server's ratio to it is the serving path's.
     """
     sec = Section("Model: trio-infer (bundled all-MiniLM-L6-v2, CPU) vs in-process ceilings", "texts/s")
     print("in-process model ...", flush=True)
     model = inprocess.load_model()
     inprocess.warm_up(model, texts)
+    print("trio-infer core in-process (batcher and model, no HTTP) ...", flush=True)
+    core = core_loop.CoreBatcher.load()
     port, _ = _ports(settings)
     args = ["-m", "trio_infer", "--port", str(port), "--backend", "torch"]
     pairs = (
@@ -120,10 +126,23 @@ def model_part(texts: list[str], settings: Settings) -> Section:
         with server.running("trio-infer", args, port, {"MODEL_NAME": None}, settings.ready_timeout) as s:
             for n, (measure, target, of, _name) in zip(settings.clients, pairs, strict=True):
                 ceilings: list[inprocess.Ceiling] = []
+                cores: list[inprocess.Ceiling] = []
                 served: list[tuple[Row, str, cpu.Span]] = []
+                with_core = n > 1
                 for round_ in range(MODEL_ROUNDS):
-                    steps = ("ceiling", "server") if round_ % 2 == 0 else ("server", "ceiling")
-                    for step in steps:
+                    steps = ("ceiling", "core", "server") if with_core else ("ceiling", "server")
+                    for step in steps if round_ % 2 == 0 else steps[::-1]:
+                        if step == "core":
+                            cores.append(
+                                _least_disturbed(
+                                    f"core, {n} callers",
+                                    settings,
+                                    partial(core.closed_loop, texts, n, settings.duration, settings.warmup),
+                                    _span,
+                                )
+                            )
+                            print(f"  trio-infer core in-process: {cores[-1].rate:.1f} texts/s", flush=True)
+                            continue
                         if step == "ceiling":
                             ceilings.append(
                                 _least_disturbed(
@@ -172,6 +191,8 @@ def model_part(texts: list[str], settings: Settings) -> Section:
                 )
                 row.ratio, row.target, row.ratio_of = row.rate / ceiling_rate, target, of
                 served_rows.append(row)
+                if cores:
+                    served_rows.append(_core_row(sec, cores, ceiling_rate, row, of))
                 sec.notes.append(
                     f"{row.name}: runs {', '.join(f'{r.rate:.1f}' for r in rows)} texts/s, "
                     f"next to in-process {of} {', '.join(f'{c.rate:.1f}' for c in ceilings)} texts/s "
@@ -183,10 +204,35 @@ def model_part(texts: list[str], settings: Settings) -> Section:
         _check_stopped(sec, s)
     except server.ServerError as exc:
         sec.problems.append(f"trio-infer: {exc}")
-    del model
+    del model, core
     sec.rows += _batching_workers_rows(sec, texts, settings)
     sec.rows += ceiling_rows + served_rows
     return sec
+
+
+def _core_row(
+    sec: Section, cores: list[inprocess.Ceiling], ceiling_rate: float, server_row: Row, of: str
+) -> Row:
+    """The in-process core's row (no target: it locates the gap), with the server's share in a note."""
+    rate = sum(c.rate for c in cores) / len(cores)
+    first = cores[0]
+    for c in cores:
+        _check_noise(sec, c.name, c.span)
+    sec.notes.append(
+        f"{first.name}: runs {', '.join(f'{c.rate:.1f}' for c in cores)} texts/s, alternating with the "
+        f"two runs above; the server reached {server_row.rate / rate:.2f} of it (the serving path's "
+        f"share), and it reached {rate / ceiling_rate:.2f} of in-process {of} (the batcher's share)."
+    )
+    return Row(
+        first.name + " (no HTTP)",
+        rate,
+        first.quantile(0.5),
+        first.quantile(0.99),
+        0,
+        ratio=rate / ceiling_rate,
+        ratio_of=of,
+        role="reference",
+    )
 
 
 def _batching_workers_rows(sec: Section, texts: list[str], settings: Settings) -> list[Row]:

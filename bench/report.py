@@ -25,6 +25,9 @@ Targets:
   one text at a time.
 - trio-infer with 32 closed-loop clients >= 0.90 x the in-process rate of `model.encode(batch)` on texts
   globally sorted by token length, batches of 32 (a ceiling that no online batcher can fully reach).
+  Next to it, with no target, trio-infer's core run in-process (`bench/core_loop.py`: the server's own
+  batcher and model, loaded and calibrated as the server does, 32 closed-loop callers, no HTTP). Its
+  ratio to the ceiling is the batcher's share of the gap; the server's ratio to it is the serving path's.
 - Serving path: trio-infer with `MODEL_NAME=debug` (hash embedder, no torch) >= 0.90 x a bare quart-trio
   app on hypercorn's trio worker with the same request and response shapes (`wrk -t2 -c32`,
   `bench/post.lua`).
