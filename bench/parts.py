@@ -236,29 +236,77 @@ def _core_row(
 
 
 def _batching_workers_rows(sec: Section, texts: list[str], settings: Settings) -> list[Row]:
-    """One server per `--num-batching-workers` value, each under the same closed loop of more clients
-    than one batch holds: a wider window of texts tokenized ahead sorts by length better (see the
-    padding efficiency and forward calls in the notes)."""
-    rows: list[Row] = []
+    """One server per `--num-batching-workers` value, all up at once, under the same closed loop of more
+    clients than one batch holds: a wider window of texts tokenized ahead sorts by length better (see
+    the padding efficiency and forward calls in the notes). The host drifts within minutes, so their
+    runs alternate over MODEL_ROUNDS rounds (an idle server costs nothing); rates are the means."""
+    values = settings.batching_workers
     n = settings.batching_clients
-    for workers in settings.batching_workers:
-        port, _ = _ports(settings)
-        args = ["-m", "trio_infer", "--port", str(port), "--num-batching-workers", str(workers)]
-        label = f"trio-infer, {n} clients, --num-batching-workers {workers}"
-        print(f"starting trio-infer with --num-batching-workers {workers} on port {port} ...", flush=True)
-        try:
-            with server.running("trio-infer", args, port, {"MODEL_NAME": None}, settings.ready_timeout) as s:
-                row, note, span = _least_disturbed(
-                    label, settings, partial(_closed_loop, s, texts, n, settings), itemgetter(2)
+
+    def label(workers: int) -> str:
+        return f"trio-infer, {n} clients, --num-batching-workers {workers}"
+
+    measured: dict[int, list[tuple[Row, str, cpu.Span]]] = {workers: [] for workers in values}
+    started: dict[int, server.Server] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            for workers in values:
+                port, _ = _ports(settings)
+                args = ["-m", "trio_infer", "--port", str(port), "--backend", "torch"]
+                args += ["--num-batching-workers", str(workers)]
+                print(
+                    f"starting trio-infer with --num-batching-workers {workers} on port {port} ...",
+                    flush=True,
                 )
-            _check_stopped(sec, s)
-        except server.ServerError as exc:
-            sec.problems.append(f"{label}: {exc}")
+                started[workers] = stack.enter_context(
+                    server.running(
+                        f"trio-infer-workers-{workers}",
+                        args,
+                        port,
+                        {"MODEL_NAME": None},
+                        settings.ready_timeout,
+                    )
+                )
+            for round_ in range(MODEL_ROUNDS if len(values) > 1 else 1):
+                for workers in values if round_ % 2 == 0 else values[::-1]:
+                    measured[workers].append(
+                        _least_disturbed(
+                            label(workers),
+                            settings,
+                            partial(_closed_loop, started[workers], texts, n, settings),
+                            itemgetter(2),
+                        )
+                    )
+    except server.ServerError as exc:
+        sec.problems.append(f"--num-batching-workers comparison: {exc}")
+    for s_ in started.values():
+        _check_stopped(sec, s_)
+    rows: list[Row] = []
+    for workers, done in measured.items():
+        if not done:
             continue
-        row.name, row.role = label, "flag comparison"
-        _check_noise(sec, label, span)
-        sec.notes.append(f"--num-batching-workers {workers}: {note}")
-        rows.append(row)
+        rates = [row.rate for row, _, _ in done]
+        middle = sorted(done, key=lambda item: item[0].rate)[len(done) // 2][0]
+        rows.append(
+            Row(
+                label(workers),
+                sum(rates) / len(rates),
+                middle.p50,
+                middle.p99,
+                sum(row.errors or 0 for row, _, _ in done),
+                error_detail="; ".join(row.error_detail for row, _, _ in done if row.error_detail),
+                role="flag comparison",
+            )
+        )
+        sec.notes.append(
+            f"{label(workers)}: runs {', '.join(f'{rate:.1f}' for rate in rates)} texts/s"
+            + (f" ({len(done)} rounds, alternating with the other value)" if len(values) > 1 else "")
+        )
+        for _, note, span in done:
+            _check_noise(sec, label(workers), span)
+            sec.notes.append(f"--num-batching-workers {workers}: {note}")
+    for row in rows[1:]:
+        row.ratio, row.ratio_of = row.rate / rows[0].rate, f"--num-batching-workers {values[0]}"
     return rows
 
 
