@@ -17,10 +17,9 @@ from bench import cpu
 from bench.inprocess import Ceiling
 from trio_infer.config import Settings
 from trio_infer.core.batching import Batcher
-from trio_infer.core.limits import BatchLimits
 from trio_infer.core.metrics import Metrics
 from trio_infer.models.embedder import ThreadedEmbedder
-from trio_infer.models.loading import LoadedModel, load_model
+from trio_infer.models.loading import LoadedModel, batch_limits, load_model
 
 
 @dataclass
@@ -39,14 +38,7 @@ class CoreBatcher:
         return trio.run(self._closed_loop, texts, clients, seconds, warmup)
 
     async def _closed_loop(self, texts: list[str], clients: int, seconds: float, warmup: float) -> Ceiling:
-        settings = Settings()
-        limits = BatchLimits(
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=self.loaded.max_batch_tokens,
-            batch_timeout=settings.batch_timeout,
-            batches_ahead=settings.num_batching_workers,
-            max_queue_size=settings.max_queue_size,
-        )
+        limits = batch_limits(Settings(), self.loaded)  # the server's defaults
         metrics = Metrics(CollectorRegistry()).for_model("bench")
         # A fresh adapter per run: its limiters belong to the trio run that created them.
         assert isinstance(self.loaded.embedder, ThreadedEmbedder)

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..config import DEBUG_MODEL, ModelSpec, Settings
 from ..core.embedder import AsyncEmbedder
 from ..core.formation import CostModel
+from ..core.limits import BatchLimits
 from .calibration import calibrate, choose_token_budget
 from .embedder import Model, ThreadedEmbedder
 from .shared_calibration import Calibration, calibrate_once
@@ -80,6 +81,17 @@ def load_model(settings: Settings, *, shared_calibration: Path | None = None) ->
     log.info("max batch tokens: %d (%s)", calibration.max_batch_tokens, _source(settings, produced=produced))
     return LoadedModel(
         embedder=ThreadedEmbedder(model), cost=calibration.cost, max_batch_tokens=calibration.max_batch_tokens
+    )
+
+
+def batch_limits(settings: Settings, loaded: LoadedModel) -> BatchLimits:
+    """The batcher's limits for `loaded`: the flags, and its own padded-token budget."""
+    return BatchLimits(
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=loaded.max_batch_tokens,
+        batch_timeout=settings.batch_timeout,
+        batches_ahead=settings.num_batching_workers,
+        max_queue_size=settings.max_queue_size,
     )
 
 

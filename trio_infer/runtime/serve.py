@@ -29,14 +29,14 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from ..config import DEBUG_MODEL, Settings
-from ..core.batching import Batcher, BatchLimits
+from ..core.batching import Batcher
 from ..core.lifecycle import Lifecycle
 from ..core.metrics import Metrics
 from ..core.scheduler import DeviceSchedulers
 from ..core.served_model import ServedModel
 from ..core.service import EmbeddingService
 from ..http.app import create_app
-from ..models.loading import LoadedSpec, load_models
+from ..models.loading import LoadedSpec, batch_limits, load_models
 from . import hypercorn_fixes
 from .connections import ConnectionLimits, ServerConfig
 from .fd_limit import check_connection_cap, raise_open_file_limit
@@ -153,18 +153,11 @@ def _served_models(settings: Settings, loaded: list[LoadedSpec], metrics: Metric
     schedulers = DeviceSchedulers()
     models = []
     for item in loaded:
-        limits = BatchLimits(
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=item.loaded.max_batch_tokens,
-            batch_timeout=settings.batch_timeout,
-            batches_ahead=settings.num_batching_workers,
-            max_queue_size=settings.max_queue_size,
-        )
         embedder = item.loaded.embedder
         batcher = Batcher(
             embedder,
             metrics.for_model(item.spec.name),
-            limits,
+            batch_limits(settings, item.loaded),
             item.loaded.cost,
             schedulers.for_device(embedder.device),
         )
