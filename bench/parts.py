@@ -142,8 +142,7 @@ def model_part(texts: list[str], settings: Settings) -> Section:
                                 )
                             )
                             print(f"  trio-infer core in-process: {cores[-1].rate:.1f} texts/s", flush=True)
-                            continue
-                        if step == "ceiling":
+                        elif step == "ceiling":
                             ceilings.append(
                                 _least_disturbed(
                                     of,
@@ -180,15 +179,7 @@ def model_part(texts: list[str], settings: Settings) -> Section:
                         )
                     _check_noise(sec, c.name, c.span)
                 rows = [row for row, _, _ in served]
-                middle = sorted(rows, key=lambda row: row.rate)[len(rows) // 2]
-                row = Row(
-                    middle.name,
-                    sum(r.rate for r in rows) / len(rows),
-                    middle.p50,
-                    middle.p99,
-                    sum(r.errors or 0 for r in rows),
-                    error_detail="; ".join(r.error_detail for r in rows if r.error_detail),
-                )
+                row = _mean_row(rows[0].name, rows)
                 row.ratio, row.target, row.ratio_of = row.rate / ceiling_rate, target, of
                 served_rows.append(row)
                 if cores:
@@ -208,6 +199,21 @@ def model_part(texts: list[str], settings: Settings) -> Section:
     sec.rows += _batching_workers_rows(sec, texts, settings)
     sec.rows += ceiling_rows + served_rows
     return sec
+
+
+def _mean_row(name: str, runs: list[Row], role: str = "") -> Row:
+    """One row for alternating runs of one server: their mean rate, the median run's latencies, and
+    every run's errors."""
+    middle = sorted(runs, key=lambda row: row.rate)[len(runs) // 2]
+    return Row(
+        name,
+        sum(row.rate for row in runs) / len(runs),
+        middle.p50,
+        middle.p99,
+        sum(row.errors or 0 for row in runs),
+        error_detail="; ".join(row.error_detail for row in runs if row.error_detail),
+        role=role,
+    )
 
 
 def _core_row(
@@ -285,21 +291,10 @@ def _batching_workers_rows(sec: Section, texts: list[str], settings: Settings) -
     for workers, done in measured.items():
         if not done:
             continue
-        rates = [row.rate for row, _, _ in done]
-        middle = sorted(done, key=lambda item: item[0].rate)[len(done) // 2][0]
-        rows.append(
-            Row(
-                label(workers),
-                sum(rates) / len(rates),
-                middle.p50,
-                middle.p99,
-                sum(row.errors or 0 for row, _, _ in done),
-                error_detail="; ".join(row.error_detail for row, _, _ in done if row.error_detail),
-                role="flag comparison",
-            )
-        )
+        runs = [row for row, _, _ in done]
+        rows.append(_mean_row(label(workers), runs, role="flag comparison"))
         sec.notes.append(
-            f"{label(workers)}: runs {', '.join(f'{rate:.1f}' for rate in rates)} texts/s"
+            f"{label(workers)}: runs {', '.join(f'{row.rate:.1f}' for row in runs)} texts/s"
             + (f" ({len(done)} rounds, alternating with the other value)" if len(values) > 1 else "")
         )
         for _, note, span in done:
