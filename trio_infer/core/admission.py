@@ -15,6 +15,7 @@ import trio
 from .errors import Draining, Overloaded, PayloadTooLarge
 from .jobs import Job
 from .metrics import ModelMetrics
+from .priority import ANONYMOUS, Priority
 
 
 class Wakeup:
@@ -53,6 +54,8 @@ class Admission:
         request_id: str,
         predicted_wait: float | None,
         truncate: bool = True,
+        priority: Priority = Priority.INTERACTIVE,
+        caller: str = ANONYMOUS,
     ) -> list[Job]:
         """Jobs for all of `texts`, queued; or a ServiceError and nothing queued.
 
@@ -83,6 +86,8 @@ class Admission:
                 request_id=request_id,
                 waiting=True,
                 truncate=truncate,
+                priority=priority,
+                caller=caller,
             )
             for text in texts
         ]

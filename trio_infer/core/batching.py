@@ -20,6 +20,7 @@ from .formation import CostModel
 from .jobs import Job
 from .limits import BatchLimits
 from .metrics import ModelMetrics
+from .priority import ANONYMOUS, Priority
 from .scheduler import DeviceScheduler
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,14 @@ class Batcher:
     # -- admission -------------------------------------------------------------------------------
 
     def submit(
-        self, texts: Sequence[str], *, deadline: float, request_id: str = "", truncate: bool = True
+        self,
+        texts: Sequence[str],
+        *,
+        deadline: float,
+        request_id: str = "",
+        truncate: bool = True,
+        priority: Priority = Priority.INTERACTIVE,
+        caller: str = ANONYMOUS,
     ) -> list[Job]:
         """Admit all of `texts` or none; never blocks. See `Admission.admit` for the errors. With
         `truncate` False, a text over the model's token limit fails with InputTooLong (400) once
@@ -112,6 +120,8 @@ class Batcher:
             request_id=request_id,
             predicted_wait=self.predicted_wait(len(texts)),
             truncate=truncate,
+            priority=priority,
+            caller=caller,
         )
 
     def withdraw(self, jobs: Sequence[Job]) -> int:

@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
+from .priority import ANONYMOUS, Priority
+
 Vector = npt.NDArray[np.float32]
 
 _ids = itertools.count(1)
@@ -30,6 +32,8 @@ class Job:
     job_id: int = field(default_factory=lambda: next(_ids))
     tokens: list[int] | None = None
     truncate: bool = True  # False: a text over the model's limit fails with InputTooLong
+    priority: Priority = Priority.INTERACTIVE
+    caller: str = ANONYMOUS  # a configured caller name (bounded: it labels metrics)
     text_tokens: int = 0  # the whole text's tokens before truncation (a lower bound when not exact)
     text_tokens_exact: bool = True
     vector: Vector | None = None

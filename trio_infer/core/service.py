@@ -15,6 +15,7 @@ from .errors import Draining, ModelNotFound, RequestTimeout, Unavailable
 from .jobs import Job
 from .lifecycle import Lifecycle
 from .metrics import Metrics
+from .priority import ANONYMOUS, Priority
 from .served_model import FAILED_PASSES_UNHEALTHY, ServedModel
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class EmbeddingService:
         time_limit: float | None = None,
         request_id: str = "",
         truncate: bool = True,
+        priority: Priority = Priority.INTERACTIVE,
+        caller: str = ANONYMOUS,
     ) -> Ticket:
         """Admit all of `texts` to `model`'s batcher (the default's when None), or none; never blocks.
         Returns the ticket to `wait` on.
@@ -107,7 +110,14 @@ class EmbeddingService:
             else min(time_limit, self.settings.request_timeout)
         )
         deadline = trio.current_time() + limit
-        jobs = model.batcher.submit(texts, deadline=deadline, request_id=request_id, truncate=truncate)
+        jobs = model.batcher.submit(
+            texts,
+            deadline=deadline,
+            request_id=request_id,
+            truncate=truncate,
+            priority=priority,
+            caller=caller,
+        )
         return Ticket(model=model, jobs=jobs, deadline=deadline, limit=limit)
 
     async def wait(self, ticket: Ticket) -> list[Job]:
@@ -144,10 +154,18 @@ class EmbeddingService:
         time_limit: float | None = None,
         request_id: str = "",
         truncate: bool = True,
+        priority: Priority = Priority.INTERACTIVE,
+        caller: str = ANONYMOUS,
     ) -> list[Job]:
         """`admit` then `wait`, for callers with nothing to do between the two."""
         ticket = self.admit(
-            texts, model=model, time_limit=time_limit, request_id=request_id, truncate=truncate
+            texts,
+            model=model,
+            time_limit=time_limit,
+            request_id=request_id,
+            truncate=truncate,
+            priority=priority,
+            caller=caller,
         )
         return await self.wait(ticket)
 
