@@ -286,9 +286,9 @@ async def scraped_after_the_load(prom: httpx.AsyncClient, port: int) -> bool:
     }
     result = (await query(prom, f'batcher_requests_total{{job="{JOB}"}}'))["data"]["result"]
     scraped = {
-        f'batcher_requests_total{{model="{item["metric"]["model"]}",status="{item["metric"]["status"]}"}}': float(
-            item["value"][1]
-        )
+        'batcher_requests_total{{model="{model}",priority="{priority}",status="{status}"}}'.format(
+            **item["metric"]
+        ): float(item["value"][1])
         for item in result
     }
     return bool(own) and scraped == own

@@ -72,6 +72,10 @@ class Settings:
     cache_dir: str = "~/.cache/trio-infer"  # exported models and auto's decision
     max_input_chars: int = 1024
     models: tuple[ModelSpec, ...] = ()  # empty: the one model of MODEL_NAME
+    cache_size: int = 128 * 1024 * 1024  # bytes of embedding cache per model (0: off)
+    bulk_min_share: float = 0.1
+    max_bulk_queue_size: int = 4096
+    bulk_batch_tokens: int | None = None  # None: from the calibrated cost model
 
     @property
     def model_label(self) -> str:
@@ -243,6 +247,63 @@ class ModelList(Kind):
 
 
 @dataclass(frozen=True)
+class Size(Kind):
+    """A size in bytes: a whole number with an optional unit (`512MiB`, `1G`, `0`), at most `high`."""
+
+    high: int = 1 << 50
+    metavar = "BYTES"
+
+    _UNITS = {
+        "": 1,
+        "b": 1,
+        "k": 1000,
+        "kb": 1000,
+        "kib": 1 << 10,
+        "m": 1000**2,
+        "mb": 1000**2,
+        "mib": 1 << 20,
+        "g": 1000**3,
+        "gb": 1000**3,
+        "gib": 1 << 30,
+        "t": 1000**4,
+        "tb": 1000**4,
+        "tib": 1 << 40,
+    }
+
+    def parse(self, raw: str) -> int:
+        match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", raw)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in self._UNITS:
+            raise ValueError(f"must be {self.describe()}")
+        value = int(match.group(1)) * self._UNITS[unit]
+        if value > self.high:
+            raise ValueError(f"must be {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        return "a whole number of bytes with an optional unit (K, M, G, T; KiB, MiB, GiB, TiB), e.g. 512MiB, or 0"
+
+
+@dataclass(frozen=True)
+class Fraction(Kind):
+    """A finite number in [0, 1]."""
+
+    metavar = "FRACTION"
+
+    def parse(self, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value <= 1.0:  # also refuses nan
+            raise ValueError(f"must be {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        return "a number from 0 to 1"
+
+
+@dataclass(frozen=True)
 class Switch(Kind):
     """On or off: `--flag` alone means on; `--flag=off`, `VAR=1`, `VAR=false`... (case-insensitive)."""
 
@@ -338,7 +399,7 @@ _FLAGS: tuple[Setting, ...] = (
         "max_queue_size",
         "MAX_QUEUE_SIZE",
         Integer(1, 10_000_000),
-        "texts admitted and not yet in a forward pass; beyond it 503 + Retry-After",
+        "interactive texts admitted and not yet in a forward pass; beyond it 503 + Retry-After",
     ),
     Setting(
         "max_body_size", "MAX_BODY_SIZE", Integer(1, 1 << 30), "largest request body in bytes (413 beyond)"
@@ -458,6 +519,33 @@ _FLAGS: tuple[Setting, ...] = (
         "SOURCE; the first is the default; instead of MODEL_NAME",
         flag_name="model",
     ),
+    Setting(
+        "cache_size",
+        "CACHE_SIZE",
+        Size(),
+        "bytes of finished vectors each model keeps to answer repeated texts at once (0: off); per "
+        "worker process",
+    ),
+    Setting(
+        "bulk_min_share",
+        "BULK_MIN_SHARE",
+        Fraction(),
+        "the least fraction of forward-pass time bulk texts get while interactive texts keep the model busy",
+    ),
+    Setting(
+        "max_bulk_queue_size",
+        "MAX_BULK_QUEUE_SIZE",
+        Integer(1, 10_000_000),
+        "bulk texts admitted and not yet in a forward pass; beyond it 503 + Retry-After for bulk only "
+        "(--max-queue-size bounds interactive texts alone)",
+    ),
+    Setting(
+        "bulk_batch_tokens",
+        "BULK_BATCH_TOKENS",
+        TokenBudget(1, 10_000_000),
+        "padded-token budget of a pass holding bulk texts while interactive traffic is active, so a "
+        "query waits at most one short pass; 'auto' derives it from the calibrated cost model",
+    ),
 )
 
 _EPILOG = """\
@@ -533,7 +621,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         if not setting.flag:
             continue
         default = getattr(defaults, setting.name)
-        shown = "auto" if setting.name == "max_batch_tokens" else ("none" if default is None else default)
+        shown = (
+            "auto"
+            if setting.name in ("max_batch_tokens", "bulk_batch_tokens")
+            else ("none" if default is None else default)
+        )
+        if setting.name == "cache_size":
+            shown = f"{default // (1 << 20)}MiB"
         if isinstance(shown, bool):
             shown = "on" if shown else "off"
         switch: dict[str, Any] = {"nargs": "?", "const": "on"} if isinstance(setting.kind, Switch) else {}
@@ -622,6 +716,7 @@ __all__ = [
     "DEBUG_MODEL",
     "DEFAULT_MODEL_LABEL",
     "Choice",
+    "Fraction",
     "Integer",
     "ModelList",
     "ModelSpec",
@@ -629,6 +724,7 @@ __all__ = [
     "Setting",
     "SettingError",
     "Settings",
+    "Size",
     "Switch",
     "Text",
     "TokenBudget",

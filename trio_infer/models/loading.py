@@ -92,7 +92,24 @@ def batch_limits(settings: Settings, loaded: LoadedModel) -> BatchLimits:
         batch_timeout=settings.batch_timeout,
         batches_ahead=settings.num_batching_workers,
         max_queue_size=settings.max_queue_size,
+        max_bulk_queue_size=settings.max_bulk_queue_size,
+        bulk_batch_tokens=settings.bulk_batch_tokens or bulk_budget(loaded.cost, loaded.max_batch_tokens),
+        bulk_min_share=settings.bulk_min_share,
     )
+
+
+# A pass holding bulk texts while queries arrive is kept to about this many times a lone text's
+# cost, so a query waits for at most that much (BENCHMARKS.md measures the trade against bulk rate).
+BULK_PASS_COST_FACTOR = 4.0
+
+
+def bulk_budget(cost: CostModel, max_batch_tokens: int) -> int:
+    """The padded tokens whose predicted pass costs BULK_PASS_COST_FACTOR times the per-call cost:
+    long enough that per-call overhead stays a small part of it, short enough for a query behind."""
+    if cost.per_token <= 0:
+        return max_batch_tokens
+    tokens = int((BULK_PASS_COST_FACTOR - 1) * cost.fixed / cost.per_token)
+    return max(1, min(max_batch_tokens, tokens))
 
 
 class ModelLoadError(RuntimeError):

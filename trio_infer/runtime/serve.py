@@ -160,6 +160,7 @@ def _served_models(settings: Settings, loaded: list[LoadedSpec], metrics: Metric
             batch_limits(settings, item.loaded),
             item.loaded.cost,
             schedulers.for_device(embedder.device),
+            cache_size=settings.cache_size,
         )
         models.append(ServedModel(item.spec.name, item.spec.full_name, batcher, settings.watchdog_timeout))
     return models
