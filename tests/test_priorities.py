@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from tests.fakes import FAKE_COST, FakeEmbedder, make_service
@@ -188,7 +188,7 @@ async def test_a_queued_text_of_either_class_is_dropped_when_its_caller_leaves(
     async with running(service), model_busy(service, embedder) as busy:
         with trio.CancelScope() as scope:
             busy.start_soon(lambda: service.embed(["stays"], priority=priority))
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         leaving = trio.CancelScope()
 
         async def leaves() -> None:

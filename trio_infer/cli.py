@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import TypeVar
 
-from .config import load_settings
+from .config import PROG, cache_over_limit, load_settings
+from .models.cgroups import cgroup_memory_limit
 from .runtime.listener import BindError, bind_listener
 from .runtime.logs import SUPERVISOR, configure_logging, exit_now
 
@@ -33,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(prebuild(settings))
     # --- end of `export`
     settings = load_settings(args)
+    too_big = cache_over_limit(settings, cgroup_memory_limit())
+    if too_big is not None:
+        print(f"{PROG}: error: {too_big} (see {PROG} --help)", file=sys.stderr)
+        sys.exit(2)
     # The supervisor of several workers logs rarely and runs no flushing task: write through.
     configure_logging(
         settings.log_level,

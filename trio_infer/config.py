@@ -691,6 +691,21 @@ def _check_combinations(settings: Settings) -> None:
         )
 
 
+def cache_over_limit(settings: Settings, memory_limit: int | None) -> str | None:
+    """Why the embedding caches cannot fit in `memory_limit` bytes (the cgroup's), or None: every
+    model in every worker keeps its own cache of up to --cache-size bytes."""
+    if memory_limit is None or not settings.cache_size:
+        return None
+    models, workers = len(settings.model_specs()), settings.workers
+    total = settings.cache_size * models * workers
+    if total <= memory_limit:
+        return None
+    return (
+        f"--cache-size: {settings.cache_size} bytes x {models} model(s) x {workers} worker(s) = {total} "
+        f"bytes exceeds the cgroup memory limit of {memory_limit} bytes"
+    )
+
+
 def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Parse flags (falling back to the environment) into validated Settings.
 
@@ -729,6 +744,7 @@ __all__ = [
     "Text",
     "TokenBudget",
     "build_parser",
+    "cache_over_limit",
     "load_settings",
     "parse_settings",
     "settings_table",
