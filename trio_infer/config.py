@@ -72,6 +72,8 @@ class Settings:
     cache_dir: str = "~/.cache/trio-infer"  # exported models and auto's decision
     max_input_chars: int = 1024
     models: tuple[ModelSpec, ...] = ()  # empty: the one model of MODEL_NAME
+    default_priority: str = "interactive"  # a core.priority label
+    api_keys_file: str | None = None  # None: --api-key's one caller, or no key
 
     @property
     def model_label(self) -> str:
@@ -458,6 +460,21 @@ _FLAGS: tuple[Setting, ...] = (
         "SOURCE; the first is the default; instead of MODEL_NAME",
         flag_name="model",
     ),
+    Setting(
+        "default_priority",
+        "DEFAULT_PRIORITY",
+        # core.priority.LABELS (config cannot import core: core imports config)
+        Choice(("interactive", "bulk")),
+        "class of requests that send no X-Priority header and whose API key names none: "
+        "interactive (a person waits) is served before bulk (indexing)",
+    ),
+    Setting(
+        "api_keys_file",
+        "API_KEYS_FILE",
+        Text(what="a file path"),
+        "file of 'NAME KEY [PRIORITY]' lines, one caller each (KEY plain or sha256:<hex>); "
+        "requires 'Authorization: Bearer <key>' on inference routes; re-read on SIGHUP",
+    ),
 )
 
 _EPILOG = """\
@@ -587,6 +604,11 @@ def _check_combinations(settings: Settings) -> None:
         raise SettingError(
             "--model/MODELS and MODEL_NAME: give the models with one of them, "
             f"got both (MODEL_NAME={settings.model_name})"
+        )
+    if settings.api_key is not None and settings.api_keys_file is not None:
+        raise SettingError(
+            "--api-key and --api-keys-file: give the keys with one of them (a line 'default KEY' "
+            "in the file is what --api-key means), got both"
         )
     if settings.quantize == "int8" and settings.backend == "torch":
         raise SettingError("--quantize int8: needs --backend openvino, onnx or auto, got --backend torch")
