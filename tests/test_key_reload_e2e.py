@@ -195,3 +195,27 @@ def test_a_missing_keys_file_stops_the_start(tmp_path: Path) -> None:
     result = start_refused(["--api-keys-file", str(tmp_path / "absent")])
     assert result.returncode == 2
     assert "cannot read it" in result.stdout + result.stderr
+
+
+def test_the_openai_sdk_sets_the_class_through_default_headers(tmp_path: Path) -> None:
+    import openai
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(KEYS)
+    with ServerProcess(args=("--api-keys-file", str(keys))) as server:
+        base_url = f"{server.base_url}/v1"
+        indexer = openai.OpenAI(
+            base_url=base_url, api_key="bob-key", default_headers={"X-Priority": "bulk"}, max_retries=0
+        )
+        result = indexer.embeddings.create(model="debug", input=["doc 1", "doc 2"])
+        assert [item.index for item in result.data] == [0, 1]
+        wrong = openai.OpenAI(
+            base_url=base_url, api_key="bob-key", default_headers={"X-Priority": "urgent"}, max_retries=0
+        )
+        with pytest.raises(openai.BadRequestError) as refused:
+            wrong.embeddings.create(model="debug", input="a query")
+        assert refused.value.param == "X-Priority"  # type: ignore[attr-defined]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base_url, api_key="nobody", max_retries=0).embeddings.create(
+                model="debug", input="a query"
+            )

@@ -175,3 +175,8 @@ async def test_open_routes_stay_open_with_a_keys_file(keyed: tuple[Client, Admit
     assert (await client.get("/v1/models")).status_code == 401
     document = await (await client.get("/openapi.json")).get_json()
     assert document["paths"]["/embed"]["post"]["security"] == [{"bearer": []}]
+    for path in ROUTES:
+        (parameter,) = document["paths"][path]["post"]["parameters"]
+        assert parameter["name"] == "X-Priority" and parameter["in"] == "header"
+        assert parameter["schema"]["enum"] == ["interactive", "bulk"]
+    assert "parameters" not in document["paths"]["/health"]["get"]

@@ -13,6 +13,7 @@ log = logging.getLogger("trio_infer.http.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TIMEOUT_HEADER = "X-Request-Timeout"
+PRIORITY_HEADER = "X-Priority"  # read by the pipeline (`pipeline._priority`)
 _MAX_REQUEST_ID = 128
 
 # Generated ids: a random per-process prefix and a counter (unique without a uuid4's urandom call).

@@ -62,8 +62,7 @@ _CLOSE = (b"connection", b"close")
 # Retry-After for a request refused by the concurrency cap: requests finish within milliseconds to the
 # request timeout; a second is the least a header can say.
 _CAP_RETRY_AFTER = 1.0
-PRIORITY_HEADER = "X-Priority"
-_PRIORITY_HEADER = PRIORITY_HEADER.lower()
+_PRIORITY_HEADER = access.PRIORITY_HEADER.lower()
 
 
 class _ClientLeft(Exception):
@@ -288,8 +287,8 @@ def _priority(raw: str | None, caller: Caller) -> Priority:
         return Priority.parse(raw)
     except ValueError:
         raise errors.BadRequest(
-            f"{PRIORITY_HEADER} must be one of {', '.join(LABELS)}, got {raw!r}",
-            param=PRIORITY_HEADER,
+            f"{access.PRIORITY_HEADER} must be one of {', '.join(LABELS)}, got {raw!r}",
+            param=access.PRIORITY_HEADER,
             code="invalid_value",
         ) from None
 
@@ -298,4 +297,4 @@ def _is_openai(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
-__all__ = ["CLIENT_CLOSED", "PRIORITY_HEADER", "Pipeline", "Slot"]
+__all__ = ["CLIENT_CLOSED", "Pipeline", "Slot"]
