@@ -219,3 +219,56 @@ def test_the_openai_sdk_sets_the_class_through_default_headers(tmp_path: Path) -
             openai.OpenAI(base_url=base_url, api_key="nobody", max_retries=0).embeddings.create(
                 model="debug", input="a query"
             )
+
+
+def takes_sighup(pid: int) -> bool:
+    """Whether process `pid` ignores or catches SIGHUP (its status's SigIgn/SigCgt masks)."""
+    bit = 1 << (signal.SIGHUP - 1)
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    masks = dict(
+        line.split(":\t", 1) for line in status.splitlines() if line.startswith(("SigIgn", "SigCgt"))
+    )
+    return any(int(mask, 16) & bit for mask in masks.values())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_while_starting_never_ends_the_server(tmp_path: Path, workers: int) -> None:
+    """SIGHUPs from the moment trio_infer's main handles them on (the supervisor's, before its
+    workers even exist; a single process's, while its model loads) are ignored or reloaded, never
+    the end of a process. (Before, the interpreter is still starting: a SIGHUP then ends it, as it
+    would any program.)"""
+    import threading
+    import time
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(KEYS)
+    server = ServerProcess(args=("--api-keys-file", str(keys), "--workers", str(workers)))
+    ready = threading.Event()
+    sent = 0
+
+    def hang_up() -> None:
+        nonlocal sent
+        while server.proc is None or not takes_sighup(server.proc.pid):
+            if ready.is_set():
+                return
+            time.sleep(0.001)
+        while not ready.is_set():
+            os.kill(server.pid, signal.SIGHUP)
+            sent += 1
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=hang_up)
+    thread.start()
+    try:
+        server.start(timeout=START_TIMEOUT)
+    finally:
+        ready.set()
+        thread.join()
+    with server:
+        assert sent > 0
+        assert trio.run(status_of, server.port, "bob-key") == 200
+        assert trio.run(status_of, server.port, "nobody") == 401
+        assert server.stop() == 0, server.log()[-4000:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TypeVar
@@ -33,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(prebuild(settings))
     # --- end of `export`
     settings = load_settings(args)
+    # A SIGHUP re-reads the API keys once the server listens for it (runtime.key_reload, or the
+    # supervisor's forwarding); until then it must not end the process (its default action): the
+    # keys file is read after that anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # The supervisor of several workers logs rarely and runs no flushing task: write through.
     configure_logging(
         settings.log_level,
