@@ -142,6 +142,8 @@ async def test_an_unknown_priority_is_400_naming_the_allowed_ones(keyed: tuple[C
             "code": "invalid_value",
         }
     }
+    status, body = await post(client, "/embed", {**auth, "X-Priority": "x" * 5000})
+    assert status == 400 and body["detail"].endswith(f"got '{'x' * 64}'")  # quoted, bounded
     assert admitted.tickets == []  # refused before anything was admitted
     # Routes that queue no work do not read it.
     response = await client.get("/v1/models", headers={**auth, "X-Priority": "urgent"})

@@ -63,6 +63,7 @@ _CLOSE = (b"connection", b"close")
 # request timeout; a second is the least a header can say.
 _CAP_RETRY_AFTER = 1.0
 _PRIORITY_HEADER = access.PRIORITY_HEADER.lower()
+_SHOWN = 64  # characters of a bad header value quoted back in the error
 
 
 class _ClientLeft(Exception):
@@ -287,7 +288,7 @@ def _priority(raw: str | None, caller: Caller) -> Priority:
         return Priority.parse(raw)
     except ValueError:
         raise errors.BadRequest(
-            f"{access.PRIORITY_HEADER} must be one of {', '.join(LABELS)}, got {raw!r}",
+            f"{access.PRIORITY_HEADER} must be one of {', '.join(LABELS)}, got {raw[:_SHOWN]!r}",
             param=access.PRIORITY_HEADER,
             code="invalid_value",
         ) from None

@@ -19,7 +19,7 @@ import signal
 import trio
 
 from ..config import Settings
-from ..http.callers import Callers, key_ring
+from ..http.callers import Callers, KeyRing, key_ring
 from ..http.keys_file import KeysFileError
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,15 @@ async def reload(callers: Callers, settings: Settings) -> None:
     try:
         ring = await trio.to_thread.run_sync(functools.partial(key_ring, settings), abandon_on_cancel=True)
     except KeysFileError as error:
-        log.warning("SIGHUP received: keeping the %d callers in force: %s", len(callers.ring.names), error)
+        log.warning("SIGHUP received: keeping the %s in force: %s", _callers(callers.ring), error)
         return
     callers.ring = ring
-    log.info("SIGHUP received: re-read %s: %d callers", path, len(ring.names))
+    log.info("SIGHUP received: re-read %s: %s", path, _callers(ring))
+
+
+def _callers(ring: KeyRing) -> str:
+    count = len(ring.names)
+    return f"{count} caller" if count == 1 else f"{count} callers"
 
 
 __all__ = ["reload", "serve_key_ring"]
