@@ -76,6 +76,8 @@ class Settings:
     bulk_min_share: float = 0.1
     max_bulk_queue_size: int = 4096
     bulk_batch_tokens: int | None = None  # None: from the calibrated cost model
+    default_priority: str = "interactive"  # a core.priority label
+    api_keys_file: str | None = None  # None: --api-key's one caller, or no key
 
     @property
     def model_label(self) -> str:
@@ -546,6 +548,21 @@ _FLAGS: tuple[Setting, ...] = (
         "padded-token budget of a pass holding bulk texts while interactive traffic is active, so a "
         "query waits at most one short pass; 'auto' derives it from the calibrated cost model",
     ),
+    Setting(
+        "default_priority",
+        "DEFAULT_PRIORITY",
+        # core.priority.LABELS (config cannot import core: core imports config)
+        Choice(("interactive", "bulk")),
+        "class of requests that send no X-Priority header and whose API key names none: "
+        "interactive (a person waits) is served before bulk (indexing)",
+    ),
+    Setting(
+        "api_keys_file",
+        "API_KEYS_FILE",
+        Text(what="a file path"),
+        "file of 'NAME KEY [PRIORITY]' lines, one caller each (KEY plain or sha256:<hex>); "
+        "requires 'Authorization: Bearer <key>' on inference routes; re-read on SIGHUP",
+    ),
 )
 
 _EPILOG = """\
@@ -681,6 +698,11 @@ def _check_combinations(settings: Settings) -> None:
         raise SettingError(
             "--model/MODELS and MODEL_NAME: give the models with one of them, "
             f"got both (MODEL_NAME={settings.model_name})"
+        )
+    if settings.api_key is not None and settings.api_keys_file is not None:
+        raise SettingError(
+            "--api-key and --api-keys-file: give the keys with one of them (a line 'default KEY' "
+            "in the file is what --api-key means), got both"
         )
     if settings.quantize == "int8" and settings.backend == "torch":
         raise SettingError("--quantize int8: needs --backend openvino, onnx or auto, got --backend torch")

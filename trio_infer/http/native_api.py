@@ -25,7 +25,12 @@ def routes(service: EmbeddingService) -> list[Route]:
         time_limit = access.parse_timeout(request.headers.get(_TIMEOUT_HEADER))
         model = service.model(body.model)
         ticket = service.admit(
-            [body.input_text], model=model, time_limit=time_limit, request_id=request.request_id
+            [body.input_text],
+            model=model,
+            time_limit=time_limit,
+            request_id=request.request_id,
+            priority=request.priority,
+            caller=request.caller,
         )
         request.slot.release()  # waiting for the model is no event-loop work
         jobs = await service.wait(ticket)
