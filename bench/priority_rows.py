@@ -92,9 +92,11 @@ def _streams(texts: list[str], port: int, kinds: tuple[str, ...]) -> list[Stream
 RUNS = {
     "idle": ("interactive",),
     "mixed": ("interactive", "bulk"),
+    "mixed, bulk passes not capped": ("interactive", "bulk"),  # on the second server
     "without priorities": ("interactive", "unprioritised"),
     "bulk alone": ("bulk",),
 }
+UNCAPPED = "mixed, bulk passes not capped"
 
 
 def priorities_part(texts: list[str], settings: Settings) -> Section:
@@ -102,8 +104,11 @@ def priorities_part(texts: list[str], settings: Settings) -> Section:
         "Priority classes: interactive queries under a bulk load (issue 18)",
         "interactive req/s | bulk texts/s",
     )
-    port, _ = _ports(settings)
+    port, uncapped_port = _ports(settings)
     args = ["-m", "trio_infer", "--port", str(port), *server.NO_CACHE]
+    # Does capping bulk passes while queries arrive pay? The same load against a server whose bulk
+    # passes may use the whole --max-batch-tokens (the cap is clamped to it).
+    uncapped_args = [*args[:3], str(uncapped_port), *server.NO_CACHE, "--bulk-batch-tokens", "10000000"]
     measured: dict[str, list[dict[str, float]]] = {name: [] for name in RUNS}
     errors: dict[str, int] = {}
     duration = max(10.0, settings.duration * 0.8)
@@ -112,16 +117,21 @@ def priorities_part(texts: list[str], settings: Settings) -> Section:
         sec.problems.append(problem)
         return sec
     try:
-        with server.running(
-            "trio-infer-priorities", args, port, {"MODEL_NAME": None}, settings.ready_timeout
-        ) as s:
+        env = {"MODEL_NAME": None}
+        with (
+            server.running("trio-infer-priorities", args, port, env, settings.ready_timeout) as capped,
+            server.running(
+                "trio-infer-priorities-uncapped", uncapped_args, uncapped_port, env, settings.ready_timeout
+            ) as uncapped,
+        ):
             for round_ in range(2):
                 for name, kinds in RUNS.items():
+                    s = uncapped if name == UNCAPPED else capped
                     cpu.wait_quiet(settings.wait_quiet)
                     before = _buckets(s)
-                    streams = _streams(texts, port, kinds)
+                    streams = _streams(texts, s.port, kinds)
                     results = trio.run(
-                        partial(run_streams, "127.0.0.1", port, streams, duration, settings.warmup)
+                        partial(run_streams, "127.0.0.1", s.port, streams, duration, settings.warmup)
                     )
                     after = _buckets(s)
                     row: dict[str, float] = {"pass_p99": histogram_quantile(0.99, before, after) or 0.0}
@@ -141,7 +151,14 @@ def priorities_part(texts: list[str], settings: Settings) -> Section:
                             row["bulk_rate"] = stream.texts_per_second(duration)
                     measured[name].append(row)
                     print(f"priorities round {round_ + 1} {name}: {row}", flush=True)
-            _check_stopped(sec, s)
+            for s in (capped, uncapped):
+                cap = re.search(r"while queries arrive: at most (\d+) padded tokens", s.log_path.read_text())
+                sec.notes.append(
+                    f"{s.name}: passes holding bulk texts while queries arrive: at most "
+                    f"{cap.group(1) if cap else '?'} padded tokens"
+                )
+            _check_stopped(sec, capped)
+            _check_stopped(sec, uncapped)
     except server.ServerError as exc:
         sec.problems.append(str(exc))
         return sec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,17 +99,20 @@ def batch_limits(settings: Settings, loaded: LoadedModel) -> BatchLimits:
     )
 
 
-# A pass holding bulk texts while queries arrive is kept to about this many times a lone text's
-# cost, so a query waits for at most that much (BENCHMARKS.md measures the trade against bulk rate).
-BULK_PASS_COST_FACTOR = 4.0
+# A pass holding bulk texts while queries arrive is kept as short as it can be while computing at
+# least this fraction of the texts per second a full-budget pass computes: bulk loses at most 5 % of
+# its rate, and a query waits for the shortest pass that allows it.
+BULK_EFFICIENCY = 0.95
 
 
 def bulk_budget(cost: CostModel, max_batch_tokens: int) -> int:
-    """The padded tokens whose predicted pass costs BULK_PASS_COST_FACTOR times the per-call cost:
-    long enough that per-call overhead stays a small part of it, short enough for a query behind."""
-    if cost.per_token <= 0:
+    """The least padded tokens whose predicted tokens per second are BULK_EFFICIENCY of a pass of
+    `max_batch_tokens` (cost model `fixed + per_token x tokens`: T / (f + pT) >= e x B / (f + pB))."""
+    full = max_batch_tokens / cost.batch_cost(1, max_batch_tokens)  # tokens per second at the full budget
+    slack = 1.0 - BULK_EFFICIENCY * full * cost.per_token
+    if cost.per_token <= 0 or slack <= 0:
         return max_batch_tokens
-    tokens = int((BULK_PASS_COST_FACTOR - 1) * cost.fixed / cost.per_token)
+    tokens = math.ceil(BULK_EFFICIENCY * full * cost.fixed / slack)
     return max(1, min(max_batch_tokens, tokens))
 
 

@@ -162,10 +162,16 @@ def _served_models(settings: Settings, loaded: list[LoadedSpec], metrics: Metric
     models = []
     for item in loaded:
         embedder = item.loaded.embedder
+        limits = batch_limits(settings, item.loaded)
+        log.info(
+            "model %s: a pass holding bulk texts while queries arrive: at most %d padded tokens",
+            item.spec.name,
+            limits.bulk_budget,
+        )
         batcher = Batcher(
             embedder,
             metrics.for_model(item.spec.name),
-            batch_limits(settings, item.loaded),
+            limits,
             item.loaded.cost,
             schedulers.for_device(embedder.device),
             cache_size=settings.cache_size,
