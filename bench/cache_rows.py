@@ -77,7 +77,10 @@ def _zipf_run(
 ) -> tuple[float, float | None, float, dict[str, int]]:
     """(requests/s, p50 of hits, p50 of all, errors) of one Zipf run."""
     order = zipf_sequence(len(texts), count, seed)
-    requests = [http_request(_HOST, port, "/embed", {"input_text": f"{texts[i]} ({tag})"}) for i in order]
+    # The tag leads, so every round's texts are its own; cut to the native API's 1,024 characters.
+    requests = [
+        http_request(_HOST, port, "/embed", {"input_text": f"({tag}) {texts[i]}"[:1024]}) for i in order
+    ]
     answered: set[int] = set()
     known_at_send: list[bool] = [False] * len(order)
     hit_latencies: list[float] = []
@@ -124,11 +127,9 @@ def _reindex_run(port: int, lists: list[list[str]]) -> tuple[float, dict[str, in
     return stream.texts_per_second(result.duration), dict(result.errors)
 
 
-def _warm(port: int, seen: list[str]) -> dict[str, int]:
+def _warm(port: int, seen: list[str], model: str = "all-MiniLM-L6-v2") -> dict[str, int]:
     chunks = [seen[i : i + 256] for i in range(0, len(seen), 256)]
-    body = [
-        http_request(_HOST, port, "/v1/embeddings", {"input": c, "model": "all-MiniLM-L6-v2"}) for c in chunks
-    ]
+    body = [http_request(_HOST, port, "/v1/embeddings", {"input": c, "model": model}) for c in chunks]
     stream = Stream("warm", 2, body, total=len(body))
     return dict(trio.run(partial(run_streams, _HOST, port, [stream], 3600.0))["warm"].errors)
 
@@ -141,10 +142,10 @@ def _memory_row(sec: Section, settings: Settings) -> None:
         "trio-infer-cache-memory", args, port, {"MODEL_NAME": "debug"}, settings.ready_timeout
     ) as s:
         warm = [f"warm-up text {i}" for i in range(2000)]
-        _warm(port, warm)  # the serving path's own allocations settle first
+        _warm(port, warm, "debug")  # the serving path's own allocations settle first
         s.get("/metrics")
         base = _rss(s.pid)
-        errors = _warm(port, [f"distinct text number {i} for the memory row" for i in range(fill)])
+        errors = _warm(port, [f"distinct text number {i} for the memory row" for i in range(fill)], "debug")
         grown = _rss(s.pid) - base
         _check_stopped(sec, s)
     bound = MEMORY_CACHE * 1.1

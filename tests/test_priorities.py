@@ -326,3 +326,26 @@ async def test_a_bulk_flood_on_one_model_does_not_delay_another_models_queries(
         nursery.cancel_scope.cancel()
     longest_bulk_pass = slow.batch_cost(4, 32)
     assert max(latencies) <= longest_bulk_pass + FAKE_COST.batch_cost(1, 4) + 0.01
+
+
+async def test_the_predicted_wait_of_a_list_counts_on_batching_after_lone_passes(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """After only lone passes (the slowest shape per text), a list is not refused as if it would be
+    computed one text at a time: waiting texts are batched."""
+    cost = CostModel(fixed=0.05, per_token=0.0001)
+    embedder = FakeEmbedder(cost=cost)
+    service = make_service(embedder, max_batch_size=32, max_batch_tokens=4096)
+    long_text = words(100, "w")  # 102 tokens
+    async with running(service):
+        for i in range(5):
+            await service.embed([f"{i} {long_text}"])
+        lone_rate = service.batcher.execution.rate.per_second
+        assert lone_rate is not None and lone_rate < 17  # one 102-token text per 60 ms pass
+        async with model_busy(service, embedder):
+            service.admit([f"a{i} {long_text}" for i in range(256)], priority=BULK)
+            predicted = service.batcher.predicted_wait(256)
+    batched = 32 / cost.batch_cost(32, 102)
+    assert predicted is not None
+    assert predicted == pytest.approx(512 / batched, rel=0.05)
+    assert predicted < 512 / lone_rate / 3

@@ -69,6 +69,7 @@ class Batcher:
         self.admission = Admission(limits.bounds, metrics, self.cache, embedder.max_tokens)
         self.execution = Execution(embedder, self.admission, metrics, PassShare(limits.bulk_min_share))
         self.scheduler = DeviceScheduler(embedder.device) if scheduler is None else scheduler
+        self.cost = cost
         self.dispatch = Dispatch(self.admission, self.execution, limits, cost, self.scheduler)
         self.running = False
         self._shutdown_deadline = trio.Event()
@@ -113,8 +114,21 @@ class Batcher:
         rate = self.execution.rate.per_second
         if rate is None or (not self.admission.waiting and not self.execution.calls):
             return None
+        # Recent passes may all have been lone texts (the slowest shape per text); waiting texts are
+        # batched, so they are served at least at the rate the cost model gives full passes of texts
+        # of the recent length.
+        rate = max(rate, self._batched_rate() or 0.0)
         ahead = sum(count for cls, count in self.admission.waiting_by.items() if cls <= priority)
         return (ahead + extra) / rate + self.stalled_for()
+
+    def _batched_rate(self) -> float | None:
+        """Texts per second of full passes of texts as long as recent ones, by the cost model."""
+        length = self.execution.rate.tokens_per_text
+        if length is None:
+            return None
+        longest = max(1, round(length))
+        count = max(1, min(self.limits.max_batch_size, self.limits.max_batch_tokens // longest))
+        return count / self.cost.batch_cost(count, longest)
 
     def key(self, text: str) -> bytes:
         """The cache key of `text` for this model (see `cache.cache_key`)."""

@@ -26,20 +26,27 @@ T = TypeVar("T")
 
 
 class ServiceRate:
-    """Texts per second of recent forward passes, decayed so it follows the load."""
+    """Texts per second of recent forward passes, and their mean tokens per text, decayed so they
+    follow the load."""
 
     def __init__(self, decay: float = 0.8) -> None:
         self._decay = decay
         self._texts = 0.0
         self._seconds = 0.0
+        self._tokens = 0.0
 
-    def record(self, texts: int, seconds: float) -> None:
+    def record(self, texts: int, seconds: float, tokens: int = 0) -> None:
         self._texts = self._texts * self._decay + texts
         self._seconds = self._seconds * self._decay + seconds
+        self._tokens = self._tokens * self._decay + tokens
 
     @property
     def per_second(self) -> float | None:
         return self._texts / self._seconds if self._seconds > 0 else None
+
+    @property
+    def tokens_per_text(self) -> float | None:
+        return self._tokens / self._texts if self._texts > 0 and self._tokens > 0 else None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -208,7 +215,7 @@ class Execution:
         self.metrics.batch_tokens.observe(padded)
         self.metrics.padding_efficiency.observe(real / padded if padded else 1.0)
         self.metrics.inference_time.observe(seconds)
-        self.rate.record(len(batch), seconds)
+        self.rate.record(len(batch), seconds, real)
         for priority, share in self.share.split(seconds, batch).items():
             self.metrics.of(priority).pass_seconds.inc(share)
 
