@@ -113,13 +113,13 @@ class TruncatingFake(FakeEmbedder):
 
     max_tokens = 8
 
-    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    async def tokenize(self, texts: Sequence[str], tails: Sequence[bool] = ()) -> list[list[int]]:
         await trio.lowlevel.checkpoint()
 
         def content(heads: list[str]) -> list[list[int]]:
             return [[7] * len(text.split()) for text in heads]
 
-        heads = truncation.tokenize_heads(texts, content, self.max_tokens - 2)
+        heads = truncation.tokenize_heads(texts, content, self.max_tokens - 2, tails)
         return [
             truncation.token_ids(ids, total, exact, lambda c: [101, *c, 102]) for ids, total, exact in heads
         ]

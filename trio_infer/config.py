@@ -72,6 +72,7 @@ class Settings:
     cache_dir: str = "~/.cache/trio-infer"  # exported models and auto's decision
     max_input_chars: int = 1024
     models: tuple[ModelSpec, ...] = ()  # empty: the one model of MODEL_NAME
+    max_client_batch_size: int = 32  # TEI's default: texts per request on TEI's API
 
     @property
     def model_label(self) -> str:
@@ -457,6 +458,12 @@ _FLAGS: tuple[Setting, ...] = (
         "a model to serve, repeatable (MODELS: comma-separated); clients name it by ALIAS, else by "
         "SOURCE; the first is the default; instead of MODEL_NAME",
         flag_name="model",
+    ),
+    Setting(
+        "max_client_batch_size",
+        "MAX_CLIENT_BATCH_SIZE",
+        Integer(1, 1_000_000),
+        "most texts in one request on TEI's API (POST /embed with inputs, /, /tokenize); 422 beyond",
     ),
 )
 

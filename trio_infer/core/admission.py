@@ -56,6 +56,8 @@ class Admission:
         truncate: bool = True,
         priority: Priority = Priority.INTERACTIVE,
         caller: str = ANONYMOUS,
+        truncate_left: bool = False,
+        normalize: bool = True,
     ) -> list[Job]:
         """Jobs for all of `texts`, queued; or a ServiceError and nothing queued.
 
@@ -88,6 +90,8 @@ class Admission:
                 truncate=truncate,
                 priority=priority,
                 caller=caller,
+                truncate_left=truncate_left,
+                normalize=normalize,
             )
             for text in texts
         ]

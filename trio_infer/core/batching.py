@@ -110,10 +110,13 @@ class Batcher:
         truncate: bool = True,
         priority: Priority = Priority.INTERACTIVE,
         caller: str = ANONYMOUS,
+        truncate_left: bool = False,
+        normalize: bool = True,
     ) -> list[Job]:
         """Admit all of `texts` or none; never blocks. See `Admission.admit` for the errors. With
         `truncate` False, a text over the model's token limit fails with InputTooLong (400) once
-        tokenized, instead of being truncated."""
+        tokenized, instead of being truncated; with `truncate_left` it keeps its last tokens. With
+        `normalize` False the vectors skip the model's own Normalize module."""
         return self.admission.admit(
             texts,
             deadline=deadline,
@@ -122,6 +125,8 @@ class Batcher:
             truncate=truncate,
             priority=priority,
             caller=caller,
+            truncate_left=truncate_left,
+            normalize=normalize,
         )
 
     def withdraw(self, jobs: Sequence[Job]) -> int:

@@ -63,6 +63,12 @@ class InputTooLong(BadRequest):
         super().__init__(detail, param=param, code="input_too_long")
 
 
+class EmptyInput(BadRequest):
+    """A request with nothing to embed or tokenize (an empty list or an empty text)."""
+
+    kind = "empty_input"
+
+
 class InvalidJSON(BadRequest):
     kind = "invalid_json"
 

@@ -18,6 +18,7 @@ from .embedder import AsyncEmbedder, TokenIds
 from .errors import InferenceFailed, InputTooLong
 from .jobs import Job, Vector
 from .metrics import ModelMetrics
+from .vectors import finish
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,9 @@ class Execution:
         """Tokenize `jobs`; returns those that got tokens. A failure is narrowed to the text that
         caused it, which fails; its batch-mates go on."""
         texts = [job.text for job in jobs]
+        tails = [job.truncate_left for job in jobs]
         try:
-            token_ids = await self._timed("tokenization", jobs, lambda: self.embedder.tokenize(texts))
+            token_ids = await self._timed("tokenization", jobs, lambda: self.embedder.tokenize(texts, tails))
         except Exception:
             if len(jobs) == 1:
                 log.warning("tokenization failed (request %s)", jobs[0].request_id, exc_info=True)
@@ -151,7 +153,7 @@ class Execution:
         self._start([job])
 
         async def both() -> list[Vector]:
-            token_ids, vectors = await self.embedder.tokenize_and_embed([job.text])
+            token_ids, vectors = await self.embedder.tokenize_and_embed([job.text], [job.truncate_left])
             job.tokens = list(token_ids[0]) or [0]
             return vectors
 
@@ -207,9 +209,10 @@ class Execution:
 
     def _deliver(self, batch: list[Job], vectors: list[Vector]) -> None:
         now = trio.current_time()
+        normalizes = self.embedder.normalizes
         for job, vector in zip(batch, vectors, strict=True):
             if not job.abandoned and not job.done.is_set():
-                job.succeed(vector)
+                job.succeed(finish(vector, normalize=normalizes and job.normalize))
                 self.metrics.outcome["success"].inc()
                 self.metrics.request_latency.observe(now - job.admitted_at)
 

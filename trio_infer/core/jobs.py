@@ -32,6 +32,8 @@ class Job:
     job_id: int = field(default_factory=lambda: next(_ids))
     tokens: list[int] | None = None
     truncate: bool = True  # False: a text over the model's limit fails with InputTooLong
+    truncate_left: bool = False  # True: a long text keeps its last tokens, not its first
+    normalize: bool = True  # False: the vector before the model's own Normalize module
     priority: Priority = Priority.INTERACTIVE
     caller: str = ANONYMOUS  # a configured caller name (bounded: it labels metrics)
     text_tokens: int = 0  # the whole text's tokens before truncation (a lower bound when not exact)

@@ -12,6 +12,7 @@ from quart_trio import QuartTrio
 
 from ..core.service import EmbeddingService
 from . import doc_pages, index, native_api, openai_api, openapi, probes
+from .tei_api import TeiApi
 from .pipeline import Pipeline
 from .routes import RouteTable
 
@@ -20,8 +21,10 @@ DESCRIPTION = "Embedding inference with dynamic batching"
 
 
 def create_app(service: EmbeddingService) -> QuartTrio:
+    tei = TeiApi(service)
     api = [
-        *native_api.routes(service),
+        *native_api.routes(service, tei),
+        *tei.routes(),
         *openai_api.routes(service),
         *probes.routes(service),
         *index.routes(service),
