@@ -12,9 +12,9 @@ from quart_trio import QuartTrio
 
 from ..core.service import EmbeddingService
 from . import doc_pages, index, native_api, openai_api, openapi, probes
-from .tei_api import TeiApi
 from .pipeline import Pipeline
 from .routes import RouteTable
+from .tei_api import TeiApi
 
 TITLE = "trio-infer"
 DESCRIPTION = "Embedding inference with dynamic batching"
