@@ -69,12 +69,16 @@ def split_normalize(modules: Iterable[Any]) -> tuple[list[Any], bool]:
 
 
 def pooling_name(modules: Iterable[Any]) -> str:
-    """The model's pooling as TEI names it (cls, mean, last_token, ...); "none" without a Pooling."""
+    """The model's pooling as TEI names it (cls, mean, last_token, ...); several modes are joined with
+    "+"; "none" without a Pooling module."""
+    names = {"lasttoken": "last_token", "weightedmean": "weighted_mean"}
     for module in modules:
-        mode = getattr(module, "get_pooling_mode_str", None)
-        if callable(mode):
-            name = str(mode())
-            return {"lasttoken": "last_token", "weightedmean": "weighted_mean"}.get(name, name)
+        mode = getattr(module, "pooling_mode", None)  # sentence-transformers >= 6
+        if mode is None and callable(getattr(module, "get_pooling_mode_str", None)):
+            mode = module.get_pooling_mode_str()  # older releases
+        if mode is not None:
+            modes = [mode] if isinstance(mode, str) else list(mode)
+            return "+".join(names.get(str(m), str(m)) for m in modes)
     return "none"
 
 
