@@ -35,4 +35,5 @@ def routes(service: EmbeddingService) -> list[Route]:
         """The server's name, version, models, and links to its documentation and metrics."""
         return json_reply(index)
 
-    return [Route("/", "GET", root, open=True, documented=False)]
+    # Documented: POST / (TEI's) shares the path, and an Allow header lists every method it has.
+    return [Route("/", "GET", root, open=True)]

@@ -14,6 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 # TEI's spellings (serde aliases in router/src/http/types.rs): "Left"/"left" and "Right"/"right".
 TruncationDirection = Literal["Left", "Right", "left", "right"]
 TokenId = Annotated[int, Field(ge=0, le=2**32 - 1)]  # TEI's ids are u32
+# What the handlers accept, for the OpenAPI schema: a text is not empty, a list holds 1 to
+# --max-client-batch-size texts (32 by default; the handlers answer TEI's 400/422 otherwise).
+DEFAULT_MAX_CLIENT_BATCH = 32
+_TEXT_SCHEMA = {"type": "string", "minLength": 1}
+_INPUTS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        _TEXT_SCHEMA,
+        {"type": "array", "items": _TEXT_SCHEMA, "minItems": 1, "maxItems": DEFAULT_MAX_CLIENT_BATCH},
+    ]
+}
 
 _MODEL = Field(
     default=None,
@@ -36,6 +46,7 @@ class TeiEmbedRequest(BaseModel):
     inputs: str | list[str] = Field(
         description="A text or a list of texts (1 to --max-client-batch-size, default 32)",
         examples=["What is Deep Learning?", ["What is Deep Learning?", "Trio is a Python library."]],
+        json_schema_extra=_INPUTS_SCHEMA,
     )
     normalize: bool = Field(default=True, description="Unit-length vectors (false: before normalising)")
     truncate: bool | None = Field(
@@ -50,7 +61,8 @@ class TeiEmbedRequest(BaseModel):
     prompt_name: str | None = _PROMPT_NAME
     dimensions: int | None = Field(
         default=None,
-        description="Keep the first `dimensions` components (then normalise, with `normalize`)",
+        description="Keep the first `dimensions` components (then normalise, with `normalize`); "
+        "1 <= N <= the model's dimension, else 422",
     )
     model: str | None = _MODEL
 
@@ -126,7 +138,9 @@ class TeiTokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, title="TEITokenizeRequest")
 
     inputs: str | list[str] = Field(
-        description="A text or a list of texts (1 to --max-client-batch-size)", examples=["test"]
+        description="A text or a list of texts (1 to --max-client-batch-size)",
+        examples=["test"],
+        json_schema_extra=_INPUTS_SCHEMA,
     )
     add_special_tokens: bool = Field(default=True, description="Include the model's special tokens")
     prompt_name: str | None = _PROMPT_NAME
@@ -153,7 +167,27 @@ class TeiDecodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, title="TEIDecodeRequest")
 
     ids: list[TokenId] | list[list[TokenId]] = Field(
-        description="Token ids, or a list of id lists", examples=[[101, 3231, 102]]
+        description="Token ids, or a list of 1 to --max-client-batch-size id lists (none empty)",
+        examples=[[101, 3231, 102]],
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+                    "minItems": 1,
+                },
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+                        "minItems": 1,
+                    },
+                    "minItems": 1,
+                    "maxItems": DEFAULT_MAX_CLIENT_BATCH,
+                },
+            ]
+        },
     )
     skip_special_tokens: bool = Field(default=True, description="Leave the special tokens out")
     model: str | None = _MODEL
