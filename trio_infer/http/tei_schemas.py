@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel
 
 # TEI's spellings (serde aliases in router/src/http/types.rs): "Left"/"left" and "Right"/"right".
 TruncationDirection = Literal["Left", "Right", "left", "right"]
-TokenId = Annotated[int, Field(ge=0, le=2**32 - 1)]  # TEI's ids are u32
+
+
+def _integral(value: object) -> object:
+    """JSON Schema's integers include 7939.0: take an integral float as the integer it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+TokenId = Annotated[int, BeforeValidator(_integral), Field(ge=0, le=2**32 - 1)]  # TEI's ids are u32
 # What the handlers accept, for the OpenAPI schema: a text is not empty, a list holds 1 to
 # --max-client-batch-size texts (32 by default; the handlers answer TEI's 400/422 otherwise).
 DEFAULT_MAX_CLIENT_BATCH = 32
