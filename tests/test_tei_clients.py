@@ -138,3 +138,32 @@ def test_tei_client(
     assert client.decode(tokenized[0].get_ids()) == [
         st_model.tokenizer.decode(tokenized[0].get_ids(), skip_special_tokens=True)
     ]
+
+
+def test_tei_client_truncation(server: ServerProcess, st_model: Any) -> None:
+    """tei-client sends `truncate: false` by default: a long text is TEI's 422; with truncation, each
+    direction gives sentence-transformers' vector for the tokenizer truncating on that side."""
+    from tei_client import HttpClient
+    from tei_client.models import TruncationDirection
+
+    client = HttpClient(server.base_url)
+    long_text = " ".join(f"word{i} and more" for i in range(200))
+    count = len(st_model.tokenizer(long_text)["input_ids"])
+    assert count > st_model.max_seq_length
+    assert client.embed(long_text) == {
+        "error": f"Input validation error: `inputs` must have less than {st_model.max_seq_length} tokens. "
+        f"Given: {count}",
+        "error_type": "Validation",
+    }
+    for direction, side in [(TruncationDirection.Right, "right"), (TruncationDirection.Left, "left")]:
+        got = client.embed(long_text, truncate=True, truncation_direction=direction)
+        before = st_model.tokenizer.truncation_side
+        st_model.tokenizer.truncation_side = side
+        try:
+            expected = st_model.encode([long_text])
+        finally:
+            st_model.tokenizer.truncation_side = before
+        assert_same_vectors(got, expected)
+    left = np.asarray(client.embed(long_text, truncate=True, truncation_direction=TruncationDirection.Left))
+    right = np.asarray(client.embed(long_text, truncate=True))
+    assert float((left * right).sum()) < 0.99  # the two ends really are different texts
