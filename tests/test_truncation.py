@@ -101,7 +101,7 @@ def test_tails_keep_the_last_tokens_of_a_long_text_and_read_a_bounded_tail() -> 
 
     text = " ".join(f"w{i}" for i in range(150_000))
     limit = 254
-    (head, total_head, _), (tail, total_tail, exact) = truncation.tokenize_heads(
+    (head, _, _), (tail, total_tail, exact) = truncation.tokenize_heads(
         [text, text], content_ids, limit, [False, True]
     )
     assert head == list(range(limit))
