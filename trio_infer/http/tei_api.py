@@ -104,6 +104,11 @@ class TeiApi:
             result.append(finish(vector, normalize=normalize))
         return result
 
+    @staticmethod
+    def answer(vectors: list[Vector]) -> Reply:
+        """TEI's `/embed` answer: a JSON list of float vectors (the one place vectors are encoded)."""
+        return Reply(orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY))
+
     # -- handlers ------------------------------------------------------------------------------------
 
     async def embed(self, request: Request) -> Reply:
@@ -136,8 +141,7 @@ class TeiApi:
                 f"Given: {job.text_tokens}",
                 param="inputs",
             ) from None
-        vectors = self.vectors(jobs, normalize=body.normalize, dimensions=body.dimensions)
-        return Reply(orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY))
+        return self.answer(self.vectors(jobs, normalize=body.normalize, dimensions=body.dimensions))
 
     async def tokenize(self, request: Request) -> Reply:
         """Tokenize a text or a list of texts with the model's own tokenizer (TEI's `/tokenize`).
