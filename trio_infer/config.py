@@ -463,7 +463,7 @@ _FLAGS: tuple[Setting, ...] = (
         "max_client_batch_size",
         "MAX_CLIENT_BATCH_SIZE",
         Integer(1, 1_000_000),
-        "most texts in one request on TEI's API (POST /embed with inputs, /, /tokenize); 422 beyond",
+        "texts (or id lists) in one request on TEI's API: POST /embed with inputs, /, /tokenize, /decode; 422 beyond",
     ),
 )
 
