@@ -147,7 +147,7 @@ def _memory_row(sec: Section, settings: Settings) -> None:
         base = _rss(s.pid)
         errors = _warm(port, [f"distinct text number {i} for the memory row" for i in range(fill)], "debug")
         grown = _rss(s.pid) - base
-        _check_stopped(sec, s)
+    _check_stopped(sec, s)
     bound = MEMORY_CACHE * 1.1
     sec.notes.append(
         f"memory: --cache-size {MEMORY_CACHE >> 20} MiB filled twice over ({fill} distinct texts, debug model): "
@@ -223,8 +223,8 @@ def cache_part(texts: list[str], settings: Settings) -> Section:
                     for k, v in errs.items():
                         errors[f"reindex {label}: {k}"] = errors.get(f"reindex {label}: {k}", 0) + v
                     print(f"cache round {round_ + 1} reindex {label}: {rate:.1f} texts/s", flush=True)
-            _check_stopped(sec, on)
-            _check_stopped(sec, off)
+        _check_stopped(sec, on)
+        _check_stopped(sec, off)
         _memory_row(sec, settings)
     except server.ServerError as exc:
         sec.problems.append(str(exc))

@@ -157,8 +157,8 @@ def priorities_part(texts: list[str], settings: Settings) -> Section:
                     f"{s.name}: passes holding bulk texts while queries arrive: at most "
                     f"{cap.group(1) if cap else '?'} padded tokens"
                 )
-            _check_stopped(sec, capped)
-            _check_stopped(sec, uncapped)
+        _check_stopped(sec, capped)
+        _check_stopped(sec, uncapped)
     except server.ServerError as exc:
         sec.problems.append(str(exc))
         return sec

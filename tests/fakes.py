@@ -39,6 +39,7 @@ class FakeEmbedder:
     precision = "none"
     dimension = 8
     max_tokens = 512
+    normalizes = False  # its vectors are unit length already
 
     def __init__(self, *, poison: Sequence[str] = (), cost: CostModel = FAKE_COST) -> None:
         self.poison = set(poison)
@@ -51,7 +52,7 @@ class FakeEmbedder:
         self.tokenize_gate: trio.Event | None = None
         self.pass_times: list[tuple[float, float]] = []
 
-    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    async def tokenize(self, texts: Sequence[str], tails: Sequence[bool] = ()) -> list[list[int]]:
         if self.tokenize_gate is not None:
             await self.tokenize_gate.wait()
         await trio.sleep(self.tokenize_seconds)
@@ -69,9 +70,11 @@ class FakeEmbedder:
             raise RuntimeError("poisoned batch")
         return [text_vector(text) for text in texts]
 
-    async def tokenize_and_embed(self, texts: Sequence[str]) -> tuple[list[list[int]], list[Vector]]:
+    async def tokenize_and_embed(
+        self, texts: Sequence[str], tails: Sequence[bool] = ()
+    ) -> tuple[list[list[int]], list[Vector]]:
         self.one_hop_calls += 1
-        token_ids = await self.tokenize(texts)
+        token_ids = await self.tokenize(texts, tails)
         return token_ids, await self.embed(texts, token_ids)
 
     @property

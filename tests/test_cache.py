@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -15,6 +15,7 @@ import trio.testing
 from tests.fakes import FakeEmbedder, make_service, text_vector
 from trio_infer.core.cache import ENTRY_OVERHEAD, VectorCache, cache_key, model_salt
 from trio_infer.core.errors import InputTooLong, RequestTimeout
+from trio_infer.core.jobs import Vector
 from trio_infer.core.metrics import Metrics
 from trio_infer.core.priority import Priority
 from trio_infer.core.service import EmbeddingService
@@ -296,3 +297,30 @@ async def test_a_hit_needs_no_room_in_a_full_queue(autojump_clock: trio.abc.Cloc
         async with model_busy(service, embedder):
             service.admit(["fills 1", "fills 2"])
             assert (await service.embed(["cached"]))[0].vector is not None
+
+
+async def test_a_vector_is_never_returned_for_other_reading_options(autojump_clock: trio.abc.Clock) -> None:
+    """normalize and truncation_direction change the vector: each has its own entry (and its own job in
+    flight); a prompt is part of the text, so it keys apart too."""
+
+    class Unnormalised(FakeEmbedder):
+        normalizes = True  # its pipeline ends in Normalize: `embed` returns vectors before it
+
+        async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
+            return [3.0 * vector for vector in await super().embed(texts, token_ids)]
+
+    embedder = Unnormalised()
+    service = make_service(embedder, cache_size=100 * ENTRY)
+    async with running(service):
+        unit = (await service.embed(["text"]))[0].vector
+        raw = (await service.embed(["text"], normalize=False))[0].vector
+        left = (await service.embed(["text"], truncate_left=True))[0].vector
+        prompted = (await service.embed(["query: text"]))[0].vector
+        again = [(await service.embed(["text"], normalize=n))[0].vector for n in (True, False)]
+    assert unit is not None and raw is not None and left is not None and prompted is not None
+    assert float(np.linalg.norm(unit)) == pytest.approx(1.0) and float(np.linalg.norm(raw)) == pytest.approx(
+        3.0
+    )
+    assert embedder.texts_computed == ["text", "text", "text", "query: text"]  # four keys, four passes
+    assert again[0] is not None and again[0].tobytes() == unit.tobytes()
+    assert again[1] is not None and again[1].tobytes() == raw.tobytes()

@@ -47,7 +47,7 @@ class BlockingModel:
         with self._lock:
             self.calls.append((op, tuple(texts), threading.get_ident()))
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    def tokenize(self, texts: Sequence[str], tails: Sequence[bool] = ()) -> list[list[int]]:
         self._record("tokenize", texts)
         self.tokenized.set()
         return [[101, *[7] * len(text.split()), 102] for text in texts]

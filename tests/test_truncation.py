@@ -85,6 +85,33 @@ def test_tokenizing_a_huge_text_reads_only_a_bounded_head() -> None:
     assert sum(read) <= 2 * bound * truncation.MAX_HEAD_FACTOR
 
 
+def test_tail_cuts_at_whitespace_and_never_splits_a_word() -> None:
+    text = "alpha beta gamma delta"
+    assert truncation.tail(text, 100) == (text, False)
+    assert truncation.tail(text, 13) == ("gamma delta", True)  # "beta" would be split at 13 from the end
+    assert truncation.tail("x" * 500, 200) == ("x" * 200, True)
+
+
+def test_tails_keep_the_last_tokens_of_a_long_text_and_read_a_bounded_tail() -> None:
+    read: list[int] = []
+
+    def content_ids(texts: list[str]) -> list[list[int]]:
+        read.extend(len(text) for text in texts)
+        return [[int(word[1:]) for word in text.split()] for text in texts]
+
+    text = " ".join(f"w{i}" for i in range(150_000))
+    limit = 254
+    (head, _, _), (tail, total_tail, exact) = truncation.tokenize_heads(
+        [text, text], content_ids, limit, [False, True]
+    )
+    assert head == list(range(limit))
+    assert tail == list(range(150_000 - limit, 150_000))
+    assert total_tail > limit and not exact
+    assert sum(read) <= 2 * limit * truncation.CHARS_PER_TOKEN
+    short = truncation.tokenize_heads(["w1 w2"], content_ids, limit, [True])
+    assert short == [([1, 2], 2, True)]
+
+
 @pytest.fixture(scope="module")
 def model() -> Any:
     from trio_infer.models.sentence_transformer import SentenceTransformerModel
@@ -105,6 +132,19 @@ def test_real_model_ids_equal_the_tokenizers_own_truncation(model: Any, count: i
         assert ids.total > model.max_tokens  # a lower bound, already over the limit
 
 
+@pytest.mark.parametrize("count", [1, 200, 254, 255, 300, 2000, 100_000])
+def test_real_model_left_ids_equal_the_tokenizers_left_truncation(model: Any, count: int) -> None:
+    """TEI's `truncation_direction: Left`: the ids a tokenizer with `truncation_side="left"` gives."""
+    import copy
+
+    text = words(count, seed=count)
+    tokenizer = copy.deepcopy(model._model.tokenizer)
+    tokenizer.truncation_side = "left"
+    expected = tokenizer(text, truncation=True, max_length=model.max_tokens)["input_ids"]
+    (ids,) = model.tokenize([text], [True])
+    assert list(ids) == expected
+
+
 # -- the batcher -------------------------------------------------------------------------------------------
 
 
@@ -113,13 +153,13 @@ class TruncatingFake(FakeEmbedder):
 
     max_tokens = 8
 
-    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    async def tokenize(self, texts: Sequence[str], tails: Sequence[bool] = ()) -> list[list[int]]:
         await trio.lowlevel.checkpoint()
 
         def content(heads: list[str]) -> list[list[int]]:
             return [[7] * len(text.split()) for text in heads]
 
-        heads = truncation.tokenize_heads(texts, content, self.max_tokens - 2)
+        heads = truncation.tokenize_heads(texts, content, self.max_tokens - 2, tails)
         return [
             truncation.token_ids(ids, total, exact, lambda c: [101, *c, 102]) for ids, total, exact in heads
         ]

@@ -78,6 +78,7 @@ class Settings:
     bulk_batch_tokens: int | None = None  # None: from the calibrated cost model
     default_priority: str = "interactive"  # a core.priority label
     api_keys_file: str | None = None  # None: --api-key's one caller, or no key
+    max_client_batch_size: int = 32  # TEI's default: texts per request on TEI's API
 
     @property
     def model_label(self) -> str:
@@ -562,6 +563,12 @@ _FLAGS: tuple[Setting, ...] = (
         Text(what="a file path"),
         "file of 'NAME KEY [PRIORITY]' lines, one caller each (KEY plain or sha256:<hex>); "
         "requires 'Authorization: Bearer <key>' on inference routes; re-read on SIGHUP",
+    ),
+    Setting(
+        "max_client_batch_size",
+        "MAX_CLIENT_BATCH_SIZE",
+        Integer(1, 1_000_000),
+        "texts (or id lists) in one request on TEI's API: POST /embed with inputs, /, /tokenize, /decode; 422 beyond",
     ),
 )
 

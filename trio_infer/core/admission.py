@@ -113,6 +113,8 @@ class Admission:
         priority: Priority = Priority.INTERACTIVE,
         caller: str = ANONYMOUS,
         predict: Predict = _never,
+        truncate_left: bool = False,
+        normalize: bool = True,
     ) -> list[Job]:
         """A job per text, in order (`keys[i]` is `texts[i]`'s cache key); or a ServiceError and
         nothing admitted.
@@ -121,7 +123,8 @@ class Admission:
         PayloadTooLarge when the request's new texts can never fit their class's bound (neither
         when every text is a hit or joins one in flight), Overloaded (Retry-After) when the bound
         would be passed or `predict(priority, new texts)` (seconds until they would be done) ends
-        after `deadline`.
+        after `deadline`. `truncate_left` and `normalize` are how the texts are read (see
+        `Job`); `keys` must cover them.
         """
         now = trio.current_time()
         plan: list[Job | str] = []  # per text: a job to join or answer from, or "new"
@@ -174,6 +177,8 @@ class Admission:
                     request_id=request_id,
                     waiting=True,
                     truncate=truncate,
+                    truncate_left=truncate_left,
+                    normalize=normalize,
                     priority=priority,
                     caller=caller,
                     key=key,

@@ -130,9 +130,9 @@ class Batcher:
         count = max(1, min(self.limits.max_batch_size, self.limits.max_batch_tokens // longest))
         return count / self.cost.batch_cost(count, longest)
 
-    def key(self, text: str) -> bytes:
-        """The cache key of `text` for this model (see `cache.cache_key`)."""
-        return cache_key(self._salt, text)
+    def key(self, text: str, *, truncate_left: bool = False, normalize: bool = True) -> bytes:
+        """The cache key of `text` read with these options by this model (see `cache.cache_key`)."""
+        return cache_key(self._salt, text, truncate_left, normalize)
 
     # -- admission -------------------------------------------------------------------------------
 
@@ -145,20 +145,26 @@ class Batcher:
         truncate: bool = True,
         priority: Priority = Priority.INTERACTIVE,
         caller: str = ANONYMOUS,
+        truncate_left: bool = False,
+        normalize: bool = True,
     ) -> list[Job]:
         """A finished or admitted job per text, in order; never blocks. A text in the cache comes back
         done, one identical to a text in flight shares its job, the others are admitted all or none.
         See `Admission.admit` for the errors. With `truncate` False, a text over the model's token
-        limit fails with InputTooLong (400) once tokenized, instead of being truncated."""
+        limit fails with InputTooLong (400) once tokenized, instead of being truncated; with
+        `truncate_left` it keeps its last tokens. With `normalize` False the vectors skip the
+        model's own Normalize module."""
         return self.admission.admit(
             texts,
-            [self.key(text) for text in texts],
+            [self.key(text, truncate_left=truncate_left, normalize=normalize) for text in texts],
             deadline=deadline,
             request_id=request_id,
             truncate=truncate,
             priority=priority,
             caller=caller,
             predict=lambda cls, extra: self.predicted_wait(extra, cls),
+            truncate_left=truncate_left,
+            normalize=normalize,
         )
 
     def withdraw(self, jobs: Sequence[Job]) -> int:

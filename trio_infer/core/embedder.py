@@ -37,16 +37,23 @@ class AsyncEmbedder(Protocol):
     device: str
     dimension: int
     max_tokens: int
+    # Whether the model's own pipeline ends in a Normalize module. `embed` returns the vectors before
+    # it; the batcher applies it per text at delivery (`vectors.finish`), unless the caller asked not to.
+    normalizes: bool
 
-    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    async def tokenize(self, texts: Sequence[str], tails: Sequence[bool] = ()) -> list[list[int]]:
         """Token ids of each text, truncated to `max_tokens`, unpadded (a `TokenIds` tells the
-        untruncated count)."""
+        untruncated count). `tails[i]` True keeps a long text's last tokens instead of its first
+        (no `tails`: every text keeps its first)."""
         ...
 
     async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
-        """One vector per text, from its token ids as `tokenize` gave them."""
+        """One vector per text, from its token ids as `tokenize` gave them, before the model's
+        final Normalize module (when `normalizes`)."""
         ...
 
-    async def tokenize_and_embed(self, texts: Sequence[str]) -> tuple[list[list[int]], list[Vector]]:
+    async def tokenize_and_embed(
+        self, texts: Sequence[str], tails: Sequence[bool] = ()
+    ) -> tuple[list[list[int]], list[Vector]]:
         """`tokenize` then `embed` in one call (one thread hop for a lone text): (token ids, vectors)."""
         ...

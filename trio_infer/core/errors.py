@@ -72,6 +72,12 @@ class InputTooLong(BadRequest):
         )
 
 
+class EmptyInput(BadRequest):
+    """A request with nothing to embed or tokenize (an empty list or an empty text)."""
+
+    kind = "empty_input"
+
+
 class InvalidJSON(BadRequest):
     kind = "invalid_json"
 

@@ -19,6 +19,7 @@ from .errors import InferenceFailed, InputTooLong
 from .jobs import Job, Vector
 from .metrics import ModelMetrics
 from .share import PassShare
+from .vectors import finish
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,9 @@ class Execution:
         """Tokenize `jobs`; returns those that got tokens. A failure is narrowed to the text that
         caused it, which fails; its batch-mates go on."""
         texts = [job.text for job in jobs]
+        tails = [job.truncate_left for job in jobs]
         try:
-            token_ids = await self._timed("tokenization", jobs, lambda: self.embedder.tokenize(texts))
+            token_ids = await self._timed("tokenization", jobs, lambda: self.embedder.tokenize(texts, tails))
         except Exception:
             if len(jobs) == 1:
                 log.warning("tokenization failed (request %s)", jobs[0].request_id, exc_info=True)
@@ -163,7 +165,7 @@ class Execution:
         self._start([job])
 
         async def both() -> list[Vector]:
-            token_ids, vectors = await self.embedder.tokenize_and_embed([job.text])
+            token_ids, vectors = await self.embedder.tokenize_and_embed([job.text], [job.truncate_left])
             _set_tokens(job, token_ids[0])
             return vectors
 
@@ -223,7 +225,9 @@ class Execution:
         """Answer the callers still waiting, and store every vector, also those whose callers all
         left during the pass (the text was computed; the next caller gets it for free)."""
         now = trio.current_time()
-        for job, vector in zip(batch, vectors, strict=True):
+        normalizes = self.embedder.normalizes
+        for job, model_vector in zip(batch, vectors, strict=True):
+            vector = finish(model_vector, normalize=normalizes and job.normalize)
             if self.cache.enabled:
                 self.cache.put(
                     job.key,

@@ -35,6 +35,8 @@ class Job:
     job_id: int = field(default_factory=lambda: next(_ids))
     tokens: list[int] | None = None
     truncate: bool = True  # False: a text over the model's limit fails with InputTooLong
+    truncate_left: bool = False  # True: a long text keeps its last tokens, not its first
+    normalize: bool = True  # False: the vector before the model's own Normalize module
     priority: Priority = Priority.INTERACTIVE
     caller: str = ANONYMOUS  # a configured caller name (bounded: it labels metrics)
     key: bytes = b""  # cache key (cache.cache_key): identical texts share it

@@ -90,12 +90,16 @@ class EmbeddingService:
         truncate: bool = True,
         priority: Priority = Priority.INTERACTIVE,
         caller: str = ANONYMOUS,
+        truncate_left: bool = False,
+        normalize: bool = True,
     ) -> Ticket:
         """Admit all of `texts` to `model`'s batcher (the default's when None), or none; never blocks.
         Returns the ticket to `wait` on.
 
-        Texts are truncated to the model's token limit, or with `truncate` False a longer one fails
-        its request with InputTooLong (400) before any forward pass.
+        Texts are truncated to the model's token limit (keeping their first tokens, or their last with
+        `truncate_left`), or with `truncate` False a longer one fails its request with InputTooLong
+        (400) before any forward pass. With `normalize` False the vectors are the model's before its
+        own Normalize module.
 
         The deadline is the request timeout, or the shorter `time_limit`. Raises a ServiceError:
         Draining, Unavailable, Overloaded (503 with Retry-After), PayloadTooLarge.
@@ -118,6 +122,8 @@ class EmbeddingService:
             truncate=truncate,
             priority=priority,
             caller=caller,
+            truncate_left=truncate_left,
+            normalize=normalize,
         )
         return Ticket(model=model, jobs=jobs, deadline=deadline, limit=limit, priority=priority)
 
@@ -157,6 +163,8 @@ class EmbeddingService:
         truncate: bool = True,
         priority: Priority = Priority.INTERACTIVE,
         caller: str = ANONYMOUS,
+        truncate_left: bool = False,
+        normalize: bool = True,
     ) -> list[Job]:
         """`admit` then `wait`, for callers with nothing to do between the two."""
         ticket = self.admit(
@@ -167,6 +175,8 @@ class EmbeddingService:
             truncate=truncate,
             priority=priority,
             caller=caller,
+            truncate_left=truncate_left,
+            normalize=normalize,
         )
         return await self.wait(ticket)
 

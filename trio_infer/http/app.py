@@ -15,6 +15,7 @@ from . import doc_pages, index, native_api, openai_api, openapi, probes
 from .callers import Callers, key_ring
 from .pipeline import Pipeline
 from .routes import RouteTable
+from .tei_api import TeiApi
 
 TITLE = "trio-infer"
 DESCRIPTION = "Embedding inference with dynamic batching"
@@ -24,8 +25,10 @@ def create_app(service: EmbeddingService, callers: Callers | None = None) -> Qua
     """`callers`: the key ring in force, which the runtime reloads; None: the one the settings
     configure, read now (`--api-keys-file` is read in the calling thread)."""
     callers = Callers(key_ring(service.settings)) if callers is None else callers
+    tei = TeiApi(service)
     api = [
-        *native_api.routes(service),
+        *native_api.routes(service, tei),
+        *tei.routes(),
         *openai_api.routes(service),
         *probes.routes(service),
         *index.routes(service),

@@ -39,10 +39,19 @@ def parse_model(data: bytes, model: type[M], context: Mapping[str, object] | Non
     (including lone surrogates, nesting or numbers beyond the parser); ValidationFailed (422) for JSON
     that is not a valid `model`.
     """
+    return validate_model(load_json(data), model, context)
+
+
+def load_json(data: bytes) -> object:
+    """`data` parsed as JSON; raises InvalidJSON (400) as `parse_model` says."""
     try:
-        value = orjson.loads(data)
+        return orjson.loads(data)
     except orjson.JSONDecodeError as error:
         raise InvalidJSON(_json_problem(data, error)) from error
+
+
+def validate_model(value: object, model: type[M], context: Mapping[str, object] | None = None) -> M:
+    """Parsed JSON `value` validated as `model`; raises ValidationFailed (422)."""
     try:
         return model.model_validate(value, context=context)
     except ValidationError as error:

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from pydantic import BaseModel, Field
+
 from ..core.service import EmbeddingService
 from .responses import Reply, json_reply
 from .routes import Request, Route
+
+
+class IndexResponse(BaseModel):
+    name: str = Field(examples=["trio-infer"])
+    version: str
+    models: list[str] = Field(description="Every served model, the default first")
+    links: dict[str, str] = Field(description="Where the documentation, metrics and probes are")
 
 
 def version() -> str:
@@ -35,4 +44,5 @@ def routes(service: EmbeddingService) -> list[Route]:
         """The server's name, version, models, and links to its documentation and metrics."""
         return json_reply(index)
 
-    return [Route("/", "GET", root, open=True, documented=False)]
+    # Documented: POST / (TEI's) shares the path, and an Allow header lists every method it has.
+    return [Route("/", "GET", root, open=True, responses={200: IndexResponse})]

@@ -1,4 +1,5 @@
-"""The native API: `POST /embed`, one text in, its vector out."""
+"""The native API: `POST /embed`, one text in, its vector out. The same route takes TEI's body
+(`inputs`), answered by `tei_api` in TEI's shapes: the body's fields tell the two apart."""
 
 from __future__ import annotations
 
@@ -8,20 +9,29 @@ from ..core.service import EmbeddingService
 from . import access
 from .responses import Reply
 from .routes import Request, Route
-from .schemas import MAX_INPUT_CHARS, EmbedRequest, EmbedResponse, ErrorResponse
+from .schemas import MAX_INPUT_CHARS, EmbedRequest
+from .tei_api import TeiApi, choose_embed_body
+from .tei_schemas import EmbedAnswer, EmbedBody, EmbedError
 
 _TIMEOUT_HEADER = access.TIMEOUT_HEADER.lower()
-ERROR_STATUSES = (400, 401, 404, 408, 413, 415, 422, 500, 503, 504)
+ERROR_STATUSES = (400, 401, 404, 408, 413, 415, 422, 424, 429, 500, 503, 504)
 
 
-def routes(service: EmbeddingService) -> list[Route]:
+def routes(service: EmbeddingService, tei: TeiApi) -> list[Route]:
     async def embed(request: Request) -> Reply:
-        """Embed one text, with the model named by `model` (the default model when absent).
+        """Embed one text (`input_text`), or TEI's `inputs` (a text or a list of texts), with the
+        model named by `model` (the default model when absent).
 
-        Errors are JSON `{"error", "detail"}`. 503 (overloaded, not ready, shutting down) carries
-        `Retry-After` when retrying later can help. `X-Request-Timeout: <seconds>` shortens the deadline.
+        With `input_text`: answers `{"embedding", "model"}`; errors are JSON `{"error", "detail"}`;
+        503 (overloaded, not ready, shutting down) carries `Retry-After` when retrying later can help.
+        With `inputs`: TEI's body and answer (a list of vectors), TEI's errors `{"error",
+        "error_type"}` and statuses (429 Overloaded with `Retry-After`), see `POST /`.
+        A body with both fields or neither is a 422 naming both shapes.
+        `X-Request-Timeout: <seconds>` shortens the deadline.
         """
-        body: EmbedRequest = request.body
+        if not isinstance(request.body, EmbedRequest):
+            return await tei.embed(request)
+        body = request.body
         time_limit = access.parse_timeout(request.headers.get(_TIMEOUT_HEADER))
         model = service.model(body.model)
         ticket = service.admit(
@@ -45,8 +55,9 @@ def routes(service: EmbeddingService) -> list[Route]:
             "/embed",
             "POST",
             embed,
-            body=EmbedRequest,
+            body=EmbedBody,
+            choose_body=choose_embed_body,
             context={MAX_INPUT_CHARS: service.settings.max_input_chars},  # --max-input-chars
-            responses={200: EmbedResponse, **dict.fromkeys(ERROR_STATUSES, ErrorResponse)},
+            responses={200: EmbedAnswer, **dict.fromkeys(ERROR_STATUSES, EmbedError)},
         )
     ]

@@ -11,8 +11,9 @@ In order, for each request:
 4. an event-loop work slot (`throttle.py`), then the body validated as the route's model (400/422);
 5. the handler; a client that disconnects while a handler with a body runs cancels it (so the
    batcher withdraws its texts), and the answer is recorded as 499 and never sent;
-6. errors mapped by `responses.error_reply` (`/v1` paths in OpenAI's shape), an unexpected one to a
-   generic 500 whose cause is logged with the request id;
+6. errors mapped by `responses.error_reply` in the route's error shape (`/v1` paths in OpenAI's, TEI's
+   routes and `POST /embed` with TEI's body in TEI's), an unexpected one to a generic 500 whose cause
+   is logged with the request id;
 7. the answer with `X-Request-ID`, `Connection: close` when the body was left unread or the server is
    draining; one access log line; the HTTP metrics with bounded labels.
 
@@ -36,9 +37,9 @@ import trio
 from ..core import errors
 from ..core.priority import LABELS, Priority
 from . import access
-from .bodies import check_content_type, parse_model
+from .bodies import check_content_type, load_json, validate_model
 from .callers import Caller, Callers, key_ring
-from .responses import Reply, error_reply
+from .responses import ErrorShape, Reply, error_reply
 from .routes import Match, Request, Route, RouteTable
 from .throttle import NO_SLOT, Slot, WorkSlots
 
@@ -106,7 +107,7 @@ class Pipeline:
         path = scope["path"]
         match = self.table.match(path, method)
         has_body = "transfer-encoding" in headers or headers.get("content-length", "0") not in ("0", "")
-        state = _State(body_unread=has_body)
+        state = _State(body_unread=has_body, shape=_shape(match, path))
         reply: Reply | None
         try:
             try:
@@ -114,12 +115,12 @@ class Pipeline:
             except _ClientLeft:
                 reply = None
             except errors.ServiceError as error:
-                reply = error_reply(error, openai=_is_openai(path))
+                reply = error_reply(error, shape=state.shape)
                 if isinstance(error, errors.MethodNotAllowed) and match.allowed:
                     reply.headers.append((b"allow", ", ".join(match.allowed).encode()))  # RFC 9110
             except Exception:
                 log.exception("unhandled error (request %s)", request_id)
-                reply = error_reply(errors.ServiceError("internal server error"), openai=_is_openai(path))
+                reply = error_reply(errors.ServiceError("internal server error"), shape=state.shape)
             if reply is None:
                 status = CLIENT_CLOSED
             else:
@@ -205,7 +206,11 @@ class Pipeline:
                 slot = self._work.slot()
                 await slot.acquire()
                 try:
-                    request.body = parse_model(data, route.body, route.context)
+                    value = load_json(data)
+                    model = route.body
+                    if route.choose_body is not None:
+                        model, state.shape = route.choose_body(value)
+                    request.body = validate_model(value, model, route.context)
                     request.slot = slot
                     nursery.start_soon(_cancel_on_disconnect, receive, scope)
                     outcome = await route.handler(request)
@@ -239,11 +244,12 @@ class Pipeline:
 
 
 class _State:
-    __slots__ = ("body_unread", "counted")
+    __slots__ = ("body_unread", "counted", "shape")
 
-    def __init__(self, *, body_unread: bool) -> None:
+    def __init__(self, *, body_unread: bool, shape: ErrorShape) -> None:
         self.body_unread = body_unread  # answering now leaves body bytes on the connection
         self.counted = False  # counted against --max-concurrent-requests
+        self.shape = shape  # the error body this request gets (a body may still change it)
 
 
 async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
@@ -294,8 +300,11 @@ def _priority(raw: str | None, caller: Caller) -> Priority:
         ) from None
 
 
-def _is_openai(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+def _shape(match: Match, path: str) -> ErrorShape:
+    """The route's error shape; by path where it declares none (or no route matched)."""
+    if match.route is not None and match.route.error_shape is not None:
+        return match.route.error_shape
+    return ErrorShape.OPENAI if path == "/v1" or path.startswith("/v1/") else ErrorShape.NATIVE
 
 
 __all__ = ["CLIENT_CLOSED", "Pipeline", "Slot"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from ..core.priority import ANONYMOUS, Priority
+from .responses import ErrorShape
 
 if TYPE_CHECKING:
     from .responses import Reply
@@ -44,6 +45,9 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable["Reply"]]
+# Picks, from a route's parsed JSON body, the model it is validated as and the error shape its request
+# gets; raises ValidationFailed for a body that is none of the route's shapes.
+BodyChooser = Callable[[object], tuple[type[BaseModel], ErrorShape]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,10 @@ class Route:
     - `documented`: listed in /openapi.json.
     - `content_type`: the 200 answer's media type in /openapi.json.
     - `context`: pydantic's validation context for `body` (settings a validator reads).
+    - `error_shape`: the error body its requests get; None: by path (OpenAI's under `/v1`, else the
+      native one).
+    - `choose_body`: for a route that takes one of several bodies (`body` then documents them all):
+      which model validates this one, and which error shape the request gets from then on.
     """
 
     path: str
@@ -77,6 +85,8 @@ class Route:
     summary: str = ""
     description: str = ""
     context: Mapping[str, object] | None = None
+    error_shape: ErrorShape | None = None
+    choose_body: BodyChooser | None = None
 
     @property
     def template(self) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 import trio
 
 from ..core.jobs import Vector
+from .tokens import Token, byte_offsets
 from .truncation import token_ids, tokenize_heads
 
 DEBUG_DIMENSION = 384
@@ -33,12 +34,49 @@ FAIL_MARKER = "[[fail]]"
 CRASH_MARKER = "[[crash]]"
 
 
+CLS, SEP, WORD = 101, 102, 1000
+_NAMES = {CLS: "[CLS]", SEP: "[SEP]"}
+_WORD_NAME = "[WORD]"  # the debug model keeps no vocabulary: every word is one id
+_WORD = re.compile(r"\S+")
+
+
 def _words(texts: list[str]) -> list[list[int]]:
-    return [[1000] * len(text.split()) for text in texts]
+    return [[WORD] * len(text.split()) for text in texts]
 
 
 def _wrap(content: list[int]) -> list[int]:
-    return [101, *content, 102]
+    return [CLS, *content, SEP]
+
+
+class DebugTokenizer:
+    """The debug model's tokens for the tokenizer routes: one per whitespace-separated word, between
+    `[CLS]` and `[SEP]`. Pure and cheap, so it runs on the event loop."""
+
+    async def tokenize_detailed(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[Token]]:
+        await trio.lowlevel.checkpoint()
+        result = []
+        for text in texts:
+            words = [
+                Token(WORD, match.group(), False, *byte_offsets(text, match.start(), match.end()))
+                for match in _WORD.finditer(text)
+            ]
+            if add_special_tokens:
+                words = [
+                    Token(CLS, _NAMES[CLS], True, None, None),
+                    *words,
+                    Token(SEP, _NAMES[SEP], True, None, None),
+                ]
+            result.append(words)
+        return result
+
+    async def decode(self, ids: Sequence[Sequence[int]], skip_special_tokens: bool) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return [
+            " ".join(
+                _NAMES.get(id_, _WORD_NAME) for id_ in row if not (skip_special_tokens and id_ in _NAMES)
+            )
+            for row in ids
+        ]
 
 
 class DebugModelError(RuntimeError):
@@ -61,15 +99,18 @@ class DebugEmbedder:
     precision = "none"
     dimension = DEBUG_DIMENSION
     max_tokens = 512
+    normalizes = False  # no Normalize module: its vectors are unit length by construction
+    pooling = "none"  # a hash of the whole text, no token embeddings to pool
 
     def __init__(self, *, faults: bool = False) -> None:
         self.faults = faults
+        self.tokens = DebugTokenizer()
 
-    async def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    async def tokenize(self, texts: Sequence[str], tails: Sequence[bool] = ()) -> list[list[int]]:
         await trio.lowlevel.checkpoint()
         # One pseudo-token per whitespace word plus two markers, so length-aware batching still has
         # lengths; a long text is cut and counted as the real model's are (models/truncation.py).
-        heads = tokenize_heads(texts, _words, self.max_tokens - 2)
+        heads = tokenize_heads(texts, _words, self.max_tokens - 2, tails)
         return [token_ids(content, total, exact, _wrap) for content, total, exact in heads]
 
     async def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
@@ -87,8 +128,10 @@ class DebugEmbedder:
         if any(FAIL_MARKER in text for text in texts):
             raise DebugModelError("[[fail]] marker: simulated model failure")
 
-    async def tokenize_and_embed(self, texts: Sequence[str]) -> tuple[list[list[int]], list[Vector]]:
-        token_ids = await self.tokenize(texts)
+    async def tokenize_and_embed(
+        self, texts: Sequence[str], tails: Sequence[bool] = ()
+    ) -> tuple[list[list[int]], list[Vector]]:
+        token_ids = await self.tokenize(texts, tails)
         return token_ids, await self.embed(texts, token_ids)
 
     def _vector(self, text: str) -> Vector:

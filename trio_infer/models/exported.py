@@ -19,6 +19,7 @@ import numpy as np
 from ..core.jobs import Vector
 from .exporters import ONNX_FILE, OPENVINO_FILE, feeds
 from .sentence_transformer import SentenceTransformerModel
+from .tokens import Token
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -72,15 +73,23 @@ class ExportedModel:
         self._torch = torch
         self._base = base
         self._run = run
-        self._heads = list(base.st_model)[1:]
+        self._heads = base.stages[1:]  # after the transformer; the final Normalize is the caller's
+        self.normalizes = base.normalizes
+        self.pooling = base.pooling
         self.backend = backend
         self.precision = precision
         self.name = base.name
         self.dimension = base.dimension
         self.max_tokens = base.max_tokens
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return self._base.tokenize(texts)
+    def tokenize(self, texts: Sequence[str], tails: Sequence[bool] = ()) -> list[list[int]]:
+        return self._base.tokenize(texts, tails)
+
+    def tokenize_detailed(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[Token]]:
+        return self._base.tokenize_detailed(texts, add_special_tokens)
+
+    def decode(self, ids: Sequence[Sequence[int]], skip_special_tokens: bool) -> list[str]:
+        return self._base.decode(ids, skip_special_tokens)
 
     def embed(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> list[Vector]:
         torch = self._torch

@@ -6,9 +6,10 @@ re-tokenizing inside `SentenceTransformer.encode`; that also saves encode's per-
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from ..config import DEFAULT_MODEL_LABEL, Settings
 from ..core.jobs import Vector
 from .threads import configure_threads
+from .tokens import Token, byte_offsets
 from .truncation import token_ids, tokenize_heads
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,32 @@ def torch_dtype_name(requested: str, device: str) -> str:
     return "float16" if device.startswith("cuda") else "float32"
 
 
+def split_normalize(modules: Iterable[Any]) -> tuple[list[Any], bool]:
+    """The model's modules up to a final Normalize of the sentence embedding, and whether there was
+    one: the caller applies it (per request, `core/vectors.finish`) instead of the pipeline."""
+    from sentence_transformers.base.modules.normalize import Normalize
+
+    stages = list(modules)
+    last = stages[-1] if stages else None
+    if isinstance(last, Normalize) and last.module_output_name == "sentence_embedding":
+        return stages[:-1], True
+    return stages, False
+
+
+def pooling_name(modules: Iterable[Any]) -> str:
+    """The model's pooling as TEI names it (cls, mean, last_token, ...); several modes are joined with
+    "+"; "none" without a Pooling module."""
+    names = {"lasttoken": "last_token", "weightedmean": "weighted_mean"}
+    for module in modules:
+        mode = getattr(module, "pooling_mode", None)  # sentence-transformers >= 6
+        if mode is None and callable(getattr(module, "get_pooling_mode_str", None)):
+            mode = module.get_pooling_mode_str()  # older releases
+        if mode is not None:
+            modes = [mode] if isinstance(mode, str) else list(mode)
+            return "+".join(names.get(str(m), str(m)) for m in modes)
+    return "none"
+
+
 def pad(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-padded `input_ids` and `attention_mask` (int64), as wide as the longest text."""
     longest = max(len(ids) for ids in token_ids)
@@ -68,7 +96,8 @@ def pad(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np
 class SentenceTransformerModel:
     """Blocking; load and call from a worker thread. Not thread-safe (the tokenizer keeps state), but
     `embed` never touches the tokenizer (it pads the ids itself), so one thread may tokenize while
-    another embeds."""
+    another embeds; and the tokenizer routes (`tokenize_detailed`, `decode`) use a copy of the
+    tokenizer of their own, so a third thread may run those."""
 
     tokenize_in_parallel = True
 
@@ -96,6 +125,9 @@ class SentenceTransformerModel:
         self.max_tokens = int(self._model.max_seq_length or 512)
         self.dimension = int(self._model.get_embedding_dimension() or 0)
         self._tokenizer = self._model.tokenizer
+        self._api_tokenizer = copy.deepcopy(self._tokenizer)
+        self.stages, self.normalizes = split_normalize(self._model)
+        self.pooling = pooling_name(self._model)
         self.pad_id = int(self._tokenizer.pad_token_id or 0)
         self._prefix, self._suffix = _special_tokens(self._tokenizer)
         self.wants_token_types = "token_type_ids" in getattr(self._tokenizer, "model_input_names", ())
@@ -109,14 +141,49 @@ class SentenceTransformerModel:
             threads,
         )
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Each text's ids truncated to `max_tokens` (as the tokenizer's own truncation would give), as
-        `TokenIds` counting the text's tokens; only a bounded head of a long text is tokenized."""
+    def tokenize(self, texts: Sequence[str], tails: Sequence[bool] = ()) -> list[list[int]]:
+        """Each text's ids truncated to `max_tokens` (as the tokenizer's own truncation would give, on
+        the left where `tails[i]`), as `TokenIds` counting the text's tokens; only a bounded head (or
+        tail) of a long text is tokenized."""
         limit = self.max_tokens - len(self._prefix) - len(self._suffix)
         return [
             token_ids(content, total, exact, self._wrap)
-            for content, total, exact in tokenize_heads(texts, self._content_ids, limit)
+            for content, total, exact in tokenize_heads(texts, self._content_ids, limit, tails)
         ]
+
+    def tokenize_detailed(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[Token]]:
+        """Every token of each text with its UTF-8 byte offsets, untruncated (TEI's `/tokenize`)."""
+        encoded = self._api_tokenizer(
+            list(texts),
+            add_special_tokens=add_special_tokens,
+            truncation=False,
+            padding=False,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            verbose=False,
+        )
+        result = []
+        for text, encoding, specials in zip(
+            texts, encoded.encodings, encoded["special_tokens_mask"], strict=True
+        ):
+            tokens = []
+            for id_, piece, (start, stop), special in zip(
+                encoding.ids, encoding.tokens, encoding.offsets, specials, strict=True
+            ):
+                if special:
+                    tokens.append(Token(id_, piece, True, None, None))
+                else:
+                    begin, end = byte_offsets(text, start, stop)
+                    tokens.append(Token(id_, text[start:stop], False, begin, end))
+            result.append(tokens)
+        return result
+
+    def decode(self, ids: Sequence[Sequence[int]], skip_special_tokens: bool) -> list[str]:
+        """The text of each id list (ids the vocabulary lacks decode to nothing)."""
+        decoded: list[str] = self._api_tokenizer.batch_decode(
+            [list(row) for row in ids], skip_special_tokens=skip_special_tokens
+        )
+        return decoded
 
     def _wrap(self, content: list[int]) -> list[int]:
         return [*self._prefix, *content, *self._suffix]
@@ -144,8 +211,9 @@ class SentenceTransformerModel:
         if self.wants_token_types:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         with torch.inference_mode():
-            output = self._model.forward(features)["sentence_embedding"]
-        vectors = output.float().cpu().numpy()
+            for stage in self.stages:  # `forward` without its final Normalize (see `normalizes`)
+                features = stage(features)
+        vectors = features["sentence_embedding"].float().cpu().numpy()
         return list(vectors)
 
     @property

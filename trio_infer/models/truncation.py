@@ -8,6 +8,9 @@ tokenized again, up to `MAX_HEAD_FACTOR` times the first head: the truncated ids
 text unless the text packs fewer than `limit` tokens into its first `limit * CHARS_PER_TOKEN *
 MAX_HEAD_FACTOR` characters (whitespace runs, a single huge "word"); characters past that are never
 read. The cost stays proportional to what the model reads, whatever the text's length.
+
+A text may keep its last tokens instead (TEI's `truncation_direction: Left`): the same, mirrored, with a
+tail that starts after a whitespace and grows towards the text's start.
 """
 
 from __future__ import annotations
@@ -37,26 +40,45 @@ def head(text: str, chars: int) -> tuple[str, bool]:
     return text[:chars], True
 
 
+def tail(text: str, chars: int) -> tuple[str, bool]:
+    """The last `chars` characters of `text`, starting after a whitespace where one is near the cut,
+    and whether anything was cut off."""
+    if len(text) <= chars:
+        return text, False
+    start = len(text) - chars
+    for begin in range(start, min(len(text), start + _WORD_REACH)):
+        if text[begin - 1].isspace():
+            return text[begin:], True
+    return text[start:], True
+
+
 def tokenize_heads(
-    texts: Sequence[str], content_ids: Callable[[list[str]], list[list[int]]], limit: int
+    texts: Sequence[str],
+    content_ids: Callable[[list[str]], list[list[int]]],
+    limit: int,
+    tails: Sequence[bool] = (),
 ) -> list[tuple[list[int], int, bool]]:
-    """For each text: its first `limit` content token ids, its content token count, and whether that
-    count is exact (False: the text was cut, and the count is of its head only).
+    """For each text: its first `limit` content token ids (its last, where `tails[i]` is True), its
+    content token count, and whether that count is exact (False: the text was cut, and the count is of
+    the piece read only).
 
     `content_ids` tokenizes a list of texts without special tokens and without truncation.
     """
     chars = max(1, limit) * CHARS_PER_TOKEN
     most = chars * MAX_HEAD_FACTOR
-    heads = [head(text, chars) for text in texts]
-    encoded = content_ids([text for text, _ in heads])
+    from_end = [bool(tails[i]) if i < len(tails) else False for i in range(len(texts))]
+    pieces = [(tail if end else head)(text, chars) for text, end in zip(texts, from_end, strict=True)]
+    encoded = content_ids([text for text, _ in pieces])
     results = []
-    for text, (piece, cut), ids in zip(texts, heads, encoded, strict=True):
+    for text, end, (piece, cut), ids in zip(texts, from_end, pieces, encoded, strict=True):
+        cutter = tail if end else head
         span = chars
         while cut and len(ids) <= limit and span < most:  # fewer tokens than the model reads: read on
             span *= 2
-            piece, cut = head(text, span)
+            piece, cut = cutter(text, span)
             ids = content_ids([piece])[0]
-        results.append((ids[:limit], len(ids), not cut))
+        kept = ids[len(ids) - limit :] if end and len(ids) > limit else ids[:limit]
+        results.append((kept, len(ids), not cut))
     return results
 
 
