@@ -5,6 +5,10 @@ sentence-transformers' `encode` of the same texts."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,22 +69,43 @@ def assert_same_vectors(vectors: Any, reference: np.ndarray) -> None:
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(reference, axis=1), rtol=1e-3)
 
 
-def test_huggingface_hub_inference_client(server: ServerProcess, reference: np.ndarray) -> None:
-    from huggingface_hub import InferenceClient
+def in_client_process(script: str, url: str) -> Any:
+    """Run `script` (which prints its result as JSON) in a fresh interpreter with `URL` set, in a
+    client's own environment: huggingface_hub reads HF_HUB_OFFLINE once, at import, and refuses
+    every request in offline mode, which `make test` sets for the server and the model loads."""
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    run = subprocess.run(
+        [sys.executable, "-c", f"URL = {url!r}\nTEXTS = {TEXTS!r}\n{script}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
-    client = InferenceClient(base_url=server.base_url)
-    assert_same_vectors(client.feature_extraction(TEXTS), reference)
-    one = client.feature_extraction(TEXTS[0])
+
+def test_huggingface_hub_inference_client(server: ServerProcess, reference: np.ndarray) -> None:
+    script = """
+import json
+from huggingface_hub import InferenceClient
+client = InferenceClient(base_url=URL)
+print(json.dumps([client.feature_extraction(TEXTS).tolist(), client.feature_extraction(TEXTS[0]).tolist()]))
+"""
+    many, one = in_client_process(script, server.base_url)
+    assert_same_vectors(many, reference)
     assert_same_vectors(one, reference[:1])
 
 
 def test_huggingface_hub_async_client(server: ServerProcess, reference: np.ndarray) -> None:
-    from huggingface_hub import AsyncInferenceClient
-
-    async def main() -> Any:
-        return await AsyncInferenceClient(base_url=server.base_url).feature_extraction(TEXTS)
-
-    assert_same_vectors(asyncio.run(main()), reference)
+    script = """
+import asyncio, json
+from huggingface_hub import AsyncInferenceClient
+async def main():
+    return await AsyncInferenceClient(base_url=URL).feature_extraction(TEXTS)
+print(json.dumps(asyncio.run(main()).tolist()))
+"""
+    assert_same_vectors(in_client_process(script, server.base_url), reference)
 
 
 def test_llama_index_text_embeddings_inference(server: ServerProcess, reference: np.ndarray) -> None:
@@ -96,20 +121,24 @@ def test_llama_index_text_embeddings_inference(server: ServerProcess, reference:
 
 def test_haystack_text_and_document_embedders(server: ServerProcess, unnormalized: np.ndarray) -> None:
     """Haystack's embedders send `normalize: false` by default: TEI's answer is then the pooled vector."""
-    from haystack import Document
-    from haystack_integrations.components.embedders.huggingface_api import (
-        HuggingFaceAPIDocumentEmbedder,
-        HuggingFaceAPITextEmbedder,
-    )
-
-    params = {"url": server.base_url}
-    text_embedder = HuggingFaceAPITextEmbedder(api_type="text_embeddings_inference", api_params=params)
-    assert_same_vectors([text_embedder.run(text=TEXTS[0])["embedding"]], unnormalized[:1])
-    document_embedder = HuggingFaceAPIDocumentEmbedder(
-        api_type="text_embeddings_inference", api_params=params
-    )
-    documents = document_embedder.run(documents=[Document(content=text) for text in TEXTS])["documents"]
-    assert_same_vectors([document.embedding for document in documents], unnormalized)
+    script = """
+import json
+from haystack import Document
+from haystack_integrations.components.embedders.huggingface_api import (
+    HuggingFaceAPIDocumentEmbedder,
+    HuggingFaceAPITextEmbedder,
+)
+params = {"url": URL}
+text = HuggingFaceAPITextEmbedder(api_type="text_embeddings_inference", api_params=params)
+one = text.run(text=TEXTS[0])["embedding"]
+documents = HuggingFaceAPIDocumentEmbedder(api_type="text_embeddings_inference", api_params=params).run(
+    documents=[Document(content=t) for t in TEXTS]
+)["documents"]
+print(json.dumps([[one], [d.embedding for d in documents]]))
+"""
+    one, many = in_client_process(script, server.base_url)
+    assert_same_vectors(one, unnormalized[:1])
+    assert_same_vectors(many, unnormalized)
 
 
 def test_tei_client(
