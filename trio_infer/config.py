@@ -72,6 +72,8 @@ class Settings:
     cache_dir: str = "~/.cache/trio-infer"  # exported models and auto's decision
     max_input_chars: int = 1024
     models: tuple[ModelSpec, ...] = ()  # empty: the one model of MODEL_NAME
+    prompts: tuple[tuple[str, str], ...] = ()  # (name, text) added to every model's own prompts
+    default_prompt_name: str | None = None  # None: each model's own default prompt (if any)
 
     @property
     def model_label(self) -> str:
@@ -101,7 +103,8 @@ class Kind:
     metavar = "VALUE"
     secret = False  # never echo the value (in --help or in an error)
     empty_env_is_unset = True  # `VAR=` in the environment means "not set"
-    repeatable = False  # the flag may be given several times (its values are joined with commas)
+    repeatable = False  # the flag may be given several times (its values are joined by `separator`)
+    separator = ","
 
     def parse(self, raw: str) -> Any:
         raise NotImplementedError
@@ -240,6 +243,33 @@ class ModelList(Kind):
 
     def describe(self) -> str:
         return "[ALIAS=]SOURCE items, SOURCE a hub id, a local folder or 'debug'"
+
+
+@dataclass(frozen=True)
+class PromptList(Kind):
+    """Prompts: `NAME=TEXT` items, one per repeated flag (PROMPTS: one per line). TEXT is taken as
+    given, spaces included (a prompt usually ends with one, e.g. `query=query: `); NAME is not empty
+    and has no whitespace or `=`. A later item of the same NAME replaces an earlier one."""
+
+    metavar = "NAME=TEXT"
+    repeatable = True
+    separator = "\n"  # prompt texts may hold commas
+
+    def parse(self, raw: str) -> tuple[tuple[str, str], ...]:
+        prompts: dict[str, str] = {}
+        for item in raw.split(self.separator):
+            if not item.strip():
+                continue
+            name, equals, text = item.partition("=")
+            if not equals or not name.strip() or re.search(r"\s", name.strip()):
+                raise ValueError(f"must be {self.describe()} (in {item!r})")
+            prompts[name.strip()] = text
+        if not prompts:
+            raise ValueError(f"must be {self.describe()}")
+        return tuple(prompts.items())
+
+    def describe(self) -> str:
+        return "NAME=TEXT, NAME not empty, TEXT prepended to each input as given"
 
 
 @dataclass(frozen=True)
@@ -458,6 +488,21 @@ _FLAGS: tuple[Setting, ...] = (
         "SOURCE; the first is the default; instead of MODEL_NAME",
         flag_name="model",
     ),
+    Setting(
+        "prompts",
+        "PROMPTS",
+        PromptList(),
+        "a prompt for every served model, repeatable (PROMPTS: one per line); adds to or replaces the "
+        "model's own prompts (config_sentence_transformers.json); requests choose one with prompt_name",
+        flag_name="prompt",
+    ),
+    Setting(
+        "default_prompt_name",
+        "DEFAULT_PROMPT_NAME",
+        Text(what="a prompt name"),
+        "the prompt applied when a request names none; every model must have it (checked at start); "
+        "overrides the model's own default_prompt_name",
+    ),
 )
 
 _EPILOG = """\
@@ -539,7 +584,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         switch: dict[str, Any] = {"nargs": "?", "const": "on"} if isinstance(setting.kind, Switch) else {}
         if setting.kind.repeatable:
             switch["action"] = "append"
-            shown = "MODEL_NAME's model" if setting.name == "models" else shown
+            shown = {"models": "MODEL_NAME's model", "prompts": "the model's own"}.get(setting.name, shown)
         parser.add_argument(
             setting.option,
             dest=setting.name,
@@ -566,7 +611,7 @@ def parse_settings(args: Mapping[str, str | list[str] | None], env: Mapping[str,
     values: dict[str, Any] = {}
     for setting in _FLAGS:
         given = args.get(setting.name) if setting.flag else None
-        raw = ",".join(given) if isinstance(given, list) else given
+        raw = setting.kind.separator.join(given) if isinstance(given, list) else given
         from_flag = raw is not None
         if raw is None:
             raw = env.get(setting.env)
@@ -625,6 +670,7 @@ __all__ = [
     "Integer",
     "ModelList",
     "ModelSpec",
+    "PromptList",
     "Seconds",
     "Setting",
     "SettingError",
