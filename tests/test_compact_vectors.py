@@ -128,7 +128,9 @@ async def test_embed_takes_encoding_format(client: Client, service: EmbeddingSer
 
 
 @pytest.mark.parametrize("value", ["INT8", "Float", "Binary", "int4", "base64 "])
-async def test_a_wrong_case_or_unknown_format_is_422_naming_the_allowed_values(client: Client, value: str) -> None:
+async def test_a_wrong_case_or_unknown_format_is_422_naming_the_allowed_values(
+    client: Client, value: str
+) -> None:
     status, body = await _v1(client, encoding_format=value)
     assert status == 422
     assert body["error"]["param"] == "encoding_format"

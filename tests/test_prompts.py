@@ -65,7 +65,9 @@ def test_flags_add_to_and_replace_the_models_own_prompts() -> None:
 
 
 def test_the_models_own_default_applies_unless_overridden() -> None:
-    own = from_config({"prompts": {"query": "q: ", "passage": "p: "}, "default_prompt_name": "query"}, where="t")
+    own = from_config(
+        {"prompts": {"query": "q: ", "passage": "p: "}, "default_prompt_name": "query"}, where="t"
+    )
     assert configure(own, [], None, model="m").default_name == "query"
     assert configure(own, [], "passage", model="m").default_name == "passage"
 
@@ -81,7 +83,9 @@ def test_a_default_that_names_no_prompt_is_refused_naming_the_prompts() -> None:
 def test_the_debug_model_refuses_an_unknown_default_at_load() -> None:
     with pytest.raises(PromptConfigError, match="'nope'"):
         load_model(Settings(model_name="debug", default_prompt_name="nope"))
-    loaded = load_model(Settings(model_name="debug", prompts=(("query", "q: "),), default_prompt_name="query"))
+    loaded = load_model(
+        Settings(model_name="debug", prompts=(("query", "q: "),), default_prompt_name="query")
+    )
     assert loaded.prompts == Prompts({"query": "q: "}, "query")
 
 
@@ -133,7 +137,7 @@ def test_bad_choices_are_400_naming_the_models_prompts() -> None:
     assert caught.value.param == "prompt_name"
     with pytest.raises(BadRequest, match="its prompts: none") as caught:
         resolve(_model({}), prompt_name="query")
-    with pytest.raises(BadRequest, match="'query'.*its prompts: 'passage'") as caught:
+    with pytest.raises(BadRequest, match=r"'query'.*its prompts: 'passage'") as caught:
         resolve(_model({"passage": "p: "}), input_type="query")
     assert caught.value.param == "input_type"
     with pytest.raises(BadRequest, match="select different prompts") as caught:
@@ -173,7 +177,9 @@ async def test_v1_applies_the_chosen_prompt_before_the_model(client: Client, emb
     status, body = await _v1(client, input=["red apples"], prompt_name="classify")
     assert status == 200, body
     assert embedder.texts_computed[-1] == "Classify the topic: red apples"
-    assert body["data"][0]["embedding"] == pytest.approx(text_vector("Classify the topic: red apples").tolist())
+    assert body["data"][0]["embedding"] == pytest.approx(
+        text_vector("Classify the topic: red apples").tolist()
+    )
     # usage counts the prompt's tokens: 3 prompt words + 2 text words + 2 special tokens
     assert body["usage"]["prompt_tokens"] == 7
 
@@ -213,7 +219,9 @@ async def test_v1_input_type_outside_the_three_is_422(client: Client) -> None:
 async def test_embed_takes_prompt_name(client: Client, embedder: FakeEmbedder) -> None:
     response = await client.post("/embed", json={"input_text": "green pears", "prompt_name": "query"})
     assert response.status_code == 200
-    assert (await response.get_json())["embedding"] == pytest.approx(text_vector("query: green pears").tolist())
+    assert (await response.get_json())["embedding"] == pytest.approx(
+        text_vector("query: green pears").tolist()
+    )
     assert embedder.texts_computed[-1] == "query: green pears"
     response = await client.post("/embed", json={"input_text": "green pears", "prompt_name": "nope"})
     body = await response.get_json()
@@ -221,7 +229,9 @@ async def test_embed_takes_prompt_name(client: Client, embedder: FakeEmbedder) -
     assert "'classify', 'passage', 'query'" in body["detail"]
 
 
-async def test_a_prompt_on_a_model_without_prompts_is_400(embedder: FakeEmbedder, nursery: trio.Nursery) -> None:
+async def test_a_prompt_on_a_model_without_prompts_is_400(
+    embedder: FakeEmbedder, nursery: trio.Nursery
+) -> None:
     service = make_service(embedder, SETTINGS)
     await nursery.start(service.batcher.run)
     service.lifecycle.mark_ready()
