@@ -244,3 +244,20 @@ async def test_a_prompt_on_a_model_without_prompts_is_400(
         assert response.status_code == 400
     service.batcher.close()
     assert embedder.texts_computed == []  # refused before anything reached the model
+
+
+async def test_openapi_shows_the_prompt_and_format_fields(client: Client) -> None:
+    document = await (await client.get("/openapi.json")).get_json()
+
+    def request_fields(path: str) -> dict[str, Any]:
+        schema = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        if "$ref" in schema:
+            schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+        properties: dict[str, Any] = schema["properties"]
+        return properties
+
+    v1 = request_fields("/v1/embeddings")
+    assert {"prompt_name", "input_type", "encoding_format"} <= set(v1)
+    assert "passage" in str(v1["input_type"]) and "ubinary" in str(v1["encoding_format"])
+    seed = request_fields("/embed")
+    assert {"prompt_name", "encoding_format"} <= set(seed) and "int8" in str(seed["encoding_format"])

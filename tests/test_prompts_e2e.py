@@ -129,11 +129,17 @@ def test_a_prompt_changes_the_vector(http: httpx.Client, served: Served) -> None
     assert cosines(query, plain).max() < 0.999
 
 
-def test_the_openai_sdk_sends_input_type_in_extra_body(served: Served) -> None:
+def test_the_openai_sdk_sends_input_type_in_extra_body(http: httpx.Client, served: Served) -> None:
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", timeout=CLIENT_TIMEOUT)
     try:
         result = client.embeddings.create(
             model=str(served.model_path), input=TEXTS, extra_body={"input_type": "passage"}
+        )
+        compact = client.embeddings.create(
+            model=str(served.model_path),
+            input=TEXTS,
+            encoding_format="int8",
+            extra_body={"prompt_name": "passage"},
         )
         with pytest.raises(openai.BadRequestError) as caught:
             client.embeddings.create(
@@ -144,6 +150,10 @@ def test_the_openai_sdk_sends_input_type_in_extra_body(served: Served) -> None:
     got = np.array([item.embedding for item in result.data], dtype=np.float32)
     assert cosines(got, served.st.encode(TEXTS, prompt_name="passage")).min() > 0.9999
     assert "'passage', 'query'" in str(caught.value)
+    # The SDK passes a compact format through as sent (it decodes only the base64 it asks for itself).
+    value_ranges = quantization.ranges(_calibration_vectors(served))
+    expected = quantize_embeddings(rows(v1(http, served, prompt_name="passage")), "int8", ranges=value_ranges)
+    np.testing.assert_array_equal(np.array([item.embedding for item in compact.data]), expected)
 
 
 def test_embed_takes_prompt_name(http: httpx.Client, served: Served) -> None:
