@@ -220,6 +220,14 @@ class Text(Kind):
 
 
 @dataclass(frozen=True)
+class PromptName(Text):
+    """A prompt's name (which prompts exist is known only once the model has loaded)."""
+
+    what: str = "a prompt name"
+    metavar = "NAME"
+
+
+@dataclass(frozen=True)
 class ModelList(Kind):
     """Models to serve: `[ALIAS=]SOURCE` items, comma-separated (or one per repeated flag)."""
 
@@ -499,7 +507,7 @@ _FLAGS: tuple[Setting, ...] = (
     Setting(
         "default_prompt_name",
         "DEFAULT_PROMPT_NAME",
-        Text(what="a prompt name"),
+        PromptName(),
         "the prompt applied when a request names none; every model must have it (checked at start); "
         "overrides the model's own default_prompt_name",
     ),
