@@ -16,13 +16,13 @@ import trio
 from quart.typing import TestClientProtocol as Client
 
 from tests.fakes import FakeEmbedder, make_service, text_vector
-from tests.serverproc import ROOT
+from tests.serverproc import ROOT, ServerProcess
 from trio_infer.config import Settings, load_settings
 from trio_infer.core.errors import BadRequest
 from trio_infer.core.service import EmbeddingService
 from trio_infer.http.app import create_app
 from trio_infer.models import prompts
-from trio_infer.models.loading import load_model
+from trio_infer.models.loading import load_model, load_models
 from trio_infer.models.prompts import PromptConfigError, Prompts, configure, from_config, resolve
 
 PROMPTS = {"query": "query: ", "passage": "passage: ", "classify": "Classify the topic: "}
@@ -261,3 +261,31 @@ async def test_openapi_shows_the_prompt_and_format_fields(client: Client) -> Non
     assert "passage" in str(v1["input_type"]) and "ubinary" in str(v1["encoding_format"])
     seed = request_fields("/embed")
     assert {"prompt_name", "encoding_format"} <= set(seed) and "int8" in str(seed["encoding_format"])
+
+
+def test_prompt_flags_apply_to_every_served_model() -> None:
+    settings = load_settings(
+        [
+            "--model",
+            "a=debug",
+            "--model",
+            "b=debug",
+            "--prompt",
+            "query=q: ",
+            "--default-prompt-name",
+            "query",
+        ],
+        env={},
+    )
+    loaded = load_models(settings)
+    assert [item.loaded.prompts for item in loaded] == [Prompts({"query": "q: "}, "query")] * 2
+
+
+def test_an_unknown_default_prompt_stops_the_start_naming_the_prompts() -> None:
+    proc = ServerProcess(args=["--prompt", "query=q: ", "--default-prompt-name", "passage"])
+    with pytest.raises(RuntimeError, match="server exited with 1"):
+        proc.start(timeout=60)
+    assert proc.proc is not None and proc.proc.wait(timeout=60) == 1
+    assert (
+        "--default-prompt-name 'passage' is not a prompt of model debug; its prompts: 'query'" in proc.log()
+    )
