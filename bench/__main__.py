@@ -17,11 +17,13 @@ from pathlib import Path
 
 from bench import corpus, report
 from bench.backends import backends_part
+from bench.cache_rows import cache_part
 from bench.parts import Settings, model_part, serving_part
+from bench.priority_rows import priorities_part
 from bench.server import REPO_ROOT, RESULTS_DIR
 from bench.two_models import two_models_part
 
-PARTS = ("model", "backends", "serving", "two-models")
+PARTS = ("model", "backends", "serving", "two-models", "priorities", "cache")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -93,6 +95,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args.skip_backends |= "backends" not in only
     args.skip_wrk |= "serving" not in only
     args.skip_two_models |= "two-models" not in only
+    args.only_parts = only
     clients = _int_list(args.two_model_clients, default="32,8")
     if len(clients) != 2 or min(clients) < 1:
         p.error("--two-model-clients: two positive numbers, BUNDLED,DEBUG")
@@ -160,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("serving", args.skip_wrk, lambda: serving_part(settings)),
         ("two-models", args.skip_two_models, lambda: two_models_part(texts, settings)),
+        ("priorities", "priorities" not in args.only_parts, lambda: priorities_part(texts, settings)),
+        ("cache", "cache" not in args.only_parts, lambda: cache_part(texts, settings)),
     ]
     for name, skip, run in parts:
         if skip:

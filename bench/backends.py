@@ -96,6 +96,7 @@ def backends_part(texts: list[str], settings: Settings, torch_section: Section) 
             "trio_infer",
             "--port",
             str(port),
+            *server.NO_CACHE,
             "--backend",
             variant.backend,
             "--quantize",

@@ -114,7 +114,7 @@ def model_part(texts: list[str], settings: Settings) -> Section:
     print("trio-infer core in-process (batcher and model, no HTTP) ...", flush=True)
     core = core_loop.CoreBatcher.load()
     port, _ = _ports(settings)
-    args = ["-m", "trio_infer", "--port", str(port), "--backend", "torch"]
+    args = ["-m", "trio_infer", "--port", str(port), "--backend", "torch", *server.NO_CACHE]
     pairs = (
         (inprocess.one_at_a_time, TARGET_SINGLE, "one-at-a-time", "in-process one-at-a-time"),
         (inprocess.sorted_batches, TARGET_BATCH, "sorted batches", None),
@@ -258,7 +258,7 @@ def _batching_workers_rows(sec: Section, texts: list[str], settings: Settings) -
         with contextlib.ExitStack() as stack:
             for workers in values:
                 port, _ = _ports(settings)
-                args = ["-m", "trio_infer", "--port", str(port), "--backend", "torch"]
+                args = ["-m", "trio_infer", "--port", str(port), "--backend", "torch", *server.NO_CACHE]
                 args += ["--num-batching-workers", str(workers)]
                 print(
                     f"starting trio-infer with --num-batching-workers {workers} on port {port} ...",
@@ -369,7 +369,7 @@ def serving_part(settings: Settings) -> Section:
         (
             "trio-infer, MODEL_NAME=debug",
             "trio-infer-debug",
-            ["-m", "trio_infer", "--port", str(trio_port)],
+            ["-m", "trio_infer", "--port", str(trio_port), *server.NO_CACHE],
             trio_port,
             {"MODEL_NAME": "debug"},
         ),

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The rows that measure the model path send the corpus round and round: a cache would answer them
+# (bench/cache_rows.py measures the cache itself), so those servers run without one.
+NO_CACHE = ("--cache-size", "0")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -74,6 +77,20 @@ def _wait_ready(server: Server, timeout: float) -> None:
             last = str(exc)
         time.sleep(0.25)
     raise ServerError(f"{server.name} not ready after {timeout:.0f} s ({last}):\n{server.log_tail()}")
+
+
+def prebuild(timeout: float = 900.0) -> str | None:
+    """`trio-infer export` with the default settings: builds the exported models and `auto`'s choice
+    once, so servers started next (several at once, too) start from the cache. The problem, or None."""
+    run = subprocess.run(
+        [sys.executable, "-m", "trio_infer", "export"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return None if run.returncode == 0 else f"trio-infer export exited {run.returncode}: {run.stderr[-500:]}"
 
 
 def stop(server: Server, timeout: float = 60.0) -> int:

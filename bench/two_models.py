@@ -123,7 +123,7 @@ def two_models_part(texts: list[str], settings: Settings) -> Section:
         "texts/s",
     )
     port, _ = _ports(settings)
-    args = ["-m", "trio_infer", "--port", str(port), "--backend", "torch"]
+    args = ["-m", "trio_infer", "--port", str(port), "--backend", "torch", *server.NO_CACHE]
     args += ["--model", BUNDLED, "--model", DEBUG]
     print(f"starting trio-infer with two models on port {port} ...", flush=True)
     runs: list[Run] = []

@@ -90,9 +90,18 @@ def make_service(
         batch_timeout=float(limits.get("batch_timeout", settings.batch_timeout)),
         batches_ahead=int(limits.get("num_workers", settings.num_batching_workers)),
         max_queue_size=int(limits.get("max_queue_size", settings.max_queue_size)),
+        max_bulk_queue_size=int(limits.get("max_bulk_queue_size", settings.max_bulk_queue_size)),
+        bulk_batch_tokens=int(limits["bulk_batch_tokens"]) if "bulk_batch_tokens" in limits else None,
+        bulk_min_share=float(limits.get("bulk_min_share", settings.bulk_min_share)),
     )
     metrics = Metrics()
-    batcher = Batcher(embedder, metrics.for_model(embedder.name), batch_limits, embedder.cost)
+    batcher = Batcher(
+        embedder,
+        metrics.for_model(embedder.name),
+        batch_limits,
+        embedder.cost,
+        cache_size=int(limits.get("cache_size", 0)),
+    )
     lifecycle = Lifecycle(graceful_timeout=settings.graceful_timeout, drain_delay=settings.drain_delay)
     model = ServedModel(embedder.name, embedder.name, batcher, settings.watchdog_timeout)
     return EmbeddingService(settings, [model], lifecycle, metrics)

@@ -187,7 +187,12 @@ async def test_overload_is_503_with_retry_after(service: EmbeddingService, embed
 
 
 async def queued(service: EmbeddingService, count: int) -> bool:
-    return service.metrics.registry.get_sample_value("batcher_queue_size", {"model": "fake-model"}) == count
+    return (
+        service.metrics.registry.get_sample_value(
+            "batcher_queue_size", {"model": "fake-model", "priority": "interactive"}
+        )
+        == count
+    )
 
 
 async def test_not_running_is_503(service: EmbeddingService, client: Client) -> None:
@@ -210,26 +215,21 @@ async def test_closing_is_503(service: EmbeddingService, client: Client) -> None
 async def test_health(client: Client) -> None:
     response = await client.get("/health")
     assert response.status_code == 200
-    assert await response.get_json() == {
-        "status": "healthy",
-        "model": "fake-model",
+    model = {
         "device": "cpu",
         "backend": "fake",
         "precision": "none",
         "queue_size": 0,
+        "queues": {"interactive": 0, "bulk": 0},
         "inflight_batches": 0,
+        "cache": {"capacity_bytes": 0, "bytes": 0, "entries": 0, "hit_ratio": None},
         "max_batch_tokens": 4096,
-        "models": {
-            "fake-model": {
-                "status": "healthy",
-                "device": "cpu",
-                "backend": "fake",
-                "precision": "none",
-                "queue_size": 0,
-                "inflight_batches": 0,
-                "max_batch_tokens": 4096,
-            }
-        },
+    }
+    assert await response.get_json() == {
+        "status": "healthy",
+        "model": "fake-model",
+        **model,
+        "models": {"fake-model": {"status": "healthy", **model}},
     }
 
 
@@ -314,7 +314,10 @@ async def test_metrics_present_before_the_first_request(client: Client) -> None:
     for family in METRIC_FAMILIES:
         assert f"\n{family}" in text or text.startswith(family), family
     for status in ("success", "error", "timeout", "rejected", "cancelled"):
-        assert f'batcher_requests_total{{model="fake-model",status="{status}"}} 0.0' in text
+        assert (
+            f'batcher_requests_total{{model="fake-model",priority="interactive",status="{status}"}} 0.0'
+            in text
+        )
     assert "batcher_batch_size_bucket" in text
 
 
@@ -322,8 +325,8 @@ async def test_metrics_count_requests(client: Client) -> None:
     await post_embed(client, {"input_text": "one"})
     await post_embed(client, {"input_text": "POISON"})
     text = (await (await client.get("/metrics")).get_data()).decode()
-    assert 'batcher_requests_total{model="fake-model",status="success"} 1.0' in text
-    assert 'batcher_requests_total{model="fake-model",status="error"} 1.0' in text
+    assert 'batcher_requests_total{model="fake-model",priority="interactive",status="success"} 1.0' in text
+    assert 'batcher_requests_total{model="fake-model",priority="interactive",status="error"} 1.0' in text
     assert 'http_requests_total{method="POST",route="/embed",status="200"} 1.0' in text
 
 

@@ -49,7 +49,12 @@ async def model_busy(
 
 def sample(service: EmbeddingService, name: str, **labels: str) -> float | None:
     """A batcher series of the one (fake) model."""
-    return service.metrics.registry.get_sample_value(name, {"model": FakeEmbedder.name, **labels})
+    labels = {"model": FakeEmbedder.name, **labels}
+    if name.startswith(
+        ("batcher_requests", "batcher_skipped", "batcher_queue_size", "batcher_request_latency")
+    ):
+        labels.setdefault("priority", "interactive")
+    return service.metrics.registry.get_sample_value(name, labels)
 
 
 def words(count: int, tag: str = "w") -> str:

@@ -41,7 +41,12 @@ async def test_tokenized_texts_waiting_for_the_model_still_count_against_the_que
     assert service.batcher.queue_size == 4
     with pytest.raises(Overloaded):
         service.admit(["one too many"])
-    assert service.metrics.registry.get_sample_value("batcher_queue_size", {"model": "fake-model"}) == 4
+    assert (
+        service.metrics.registry.get_sample_value(
+            "batcher_queue_size", {"model": "fake-model", "priority": "interactive"}
+        )
+        == 4
+    )
     embedder.gate.set()
     await trio.sleep(1.0)
     assert service.batcher.queue_size == 0

@@ -148,7 +148,7 @@ def test_contract_metric_list_parsed() -> None:
         "trio_infer_ready",
     ):
         assert name in CONTRACT_METRICS, f"{name} not parsed from {CONTRACT}: {sorted(CONTRACT_METRICS)}"
-    assert CONTRACT_METRICS["batcher_requests_total"] == ("counter", {"model", "status"})
+    assert CONTRACT_METRICS["batcher_requests_total"] == ("counter", {"model", "priority", "status"})
     assert CONTRACT_METRICS["http_requests_total"][1] == {"route", "method", "status"}
 
 

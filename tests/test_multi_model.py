@@ -306,18 +306,21 @@ async def test_metrics_per_model_and_only_configured_names_as_labels(
         assert (await post(client, "/v1/embeddings", {"model": name, "input": "x"}))[0] == 404
 
     def value(family: str, **labels: str) -> float | None:
-        return service.metrics.registry.get_sample_value(family, labels)
+        return service.metrics.registry.get_sample_value(family, {"priority": "interactive", **labels})
 
     assert value("batcher_requests_total", model="alpha", status="success") == 3
     assert value("batcher_requests_total", model="beta", status="success") == 4
     assert value("batcher_requests_total", model="alpha", status="error") == 0
     assert value("batcher_request_latency_seconds_count", model="beta") == 4
-    assert value("trio_infer_model_info", model="beta", device="cpu") == 1
+    assert (
+        service.metrics.registry.get_sample_value("trio_infer_model_info", {"model": "beta", "device": "cpu"})
+        == 1
+    )
     assert model_labels(service) == {"alpha", "beta"}
 
     text = await (await client.get("/metrics")).get_data(as_text=True)
-    assert 'batcher_requests_total{model="alpha",status="success"} 3.0' in text
-    assert 'batcher_requests_total{model="beta",status="success"} 4.0' in text
+    assert 'batcher_requests_total{model="alpha",priority="interactive",status="success"} 3.0' in text
+    assert 'batcher_requests_total{model="beta",priority="interactive",status="success"} 4.0' in text
     assert "gamma" not in text and "pwned" not in text
 
 

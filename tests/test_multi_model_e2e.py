@@ -215,7 +215,7 @@ async def test_metrics_carry_both_model_labels_and_no_other(both: ServerProcess)
         assert response.status == 404
     after = await metrics(both.port)
     for model in ("mini", "dbg"):
-        key = f'batcher_requests_total{{model="{model}",status="success"}}'
+        key = f'batcher_requests_total{{model="{model}",priority="interactive",status="success"}}'
         assert after[key] == before[key] + 1, model
         assert after[f'trio_infer_model_info{{device="cpu",model="{model}"}}'] == 1
     assert model_labels(after) == {"mini", "dbg"}

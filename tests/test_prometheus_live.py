@@ -230,19 +230,23 @@ async def apply_load(port: int, seconds: float) -> dict[str, int]:
             await trio.sleep(0.5)
 
     async def hang_up() -> None:  # cancelled: the client leaves before its answer
+        i = 0
         while trio.current_time() < end:
+            i += 1  # a text of its own: one computed before would be answered from the cache at once
             stream = await trio.open_tcp_stream("127.0.0.1", port)
-            await stream.send_all(json_request("/embed", {"input_text": "abandoned " * 90}))
+            await stream.send_all(json_request("/embed", {"input_text": f"abandoned {i} " + "word " * 90}))
             await stream.aclose()
             count("hung up")
             await trio.sleep(0.3)
 
     async def bursts() -> None:  # rejected (queue of 32 full; tiny deadline) and timeout
+        round_ = 0
         while trio.current_time() < end:
             for time_limit in (None, "0.000001", "0.003", "0.005"):
+                round_ += 1  # texts of their own: a text sent before is answered from the cache
                 async with trio.open_nursery() as nursery:
                     for i in range(60):
-                        nursery.start_soon(embed, f"burst {i} " + "word " * 80, time_limit)
+                        nursery.start_soon(embed, f"burst {round_}.{i} " + "word " * 80, time_limit)
                 await trio.sleep(0.5)
 
     async with trio.open_nursery() as nursery:
@@ -286,9 +290,9 @@ async def scraped_after_the_load(prom: httpx.AsyncClient, port: int) -> bool:
     }
     result = (await query(prom, f'batcher_requests_total{{job="{JOB}"}}'))["data"]["result"]
     scraped = {
-        f'batcher_requests_total{{model="{item["metric"]["model"]}",status="{item["metric"]["status"]}"}}': float(
-            item["value"][1]
-        )
+        'batcher_requests_total{{model="{model}",priority="{priority}",status="{status}"}}'.format(
+            **item["metric"]
+        ): float(item["value"][1])
         for item in result
     }
     return bool(own) and scraped == own

@@ -45,11 +45,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DIMENSION = 384
 # The batcher series of the one model a ServerProcess serves (MODEL_NAME=debug).
-REQUESTS = 'batcher_requests_total{model="debug",status="%s"}'
-SKIPPED = 'batcher_skipped_total{model="debug"}'
+REQUESTS = 'batcher_requests_total{model="debug",priority="interactive",status="%s"}'
+SKIPPED = 'batcher_skipped_total{model="debug",priority="interactive"}'
 BATCH_SIZE_SUM = 'batcher_batch_size_sum{model="debug"}'
 BATCH_SIZE_COUNT = 'batcher_batch_size_count{model="debug"}'
-QUEUE_SIZE = 'batcher_queue_size{model="debug"}'
+QUEUE_SIZE = 'batcher_queue_size{model="debug",priority="interactive"}'
 INFLIGHT_BATCHES = 'batcher_inflight_batches{model="debug"}'
 # How long a `[[sleep:HOLD]]` text keeps the model busy: long enough that everything a test does
 # meanwhile (open dozens of connections, poll /health) fits in it on a loaded 2-core machine.

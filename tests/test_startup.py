@@ -95,7 +95,7 @@ def test_no_other_process_can_join_the_port() -> None:
                 intruder.bind(("127.0.0.1", port))
 
 
-@pytest.mark.parametrize(("args", "state"), [((), "off"), (("--api-key", "k3y"), "on")])
+@pytest.mark.parametrize(("args", "state"), [((), "off"), (("--api-key", "k3y"), "on, 1 caller")])
 def test_start_log_says_whether_authentication_is_on(args: tuple[str, ...], state: str) -> None:
     from tests.serverproc import ServerProcess
 

@@ -120,10 +120,16 @@ async def test_cancelled_callers_get_nothing_and_the_others_get_their_vectors(nu
     assert "leaves during the pass" not in results
     registry = service.metrics.registry
     assert (
-        registry.get_sample_value("batcher_requests_total", {"model": model.name, "status": "cancelled"}) == 1
+        registry.get_sample_value(
+            "batcher_requests_total", {"model": model.name, "priority": "interactive", "status": "cancelled"}
+        )
+        == 1
     )
     assert (
-        registry.get_sample_value("batcher_requests_total", {"model": model.name, "status": "success"}) == 2
+        registry.get_sample_value(
+            "batcher_requests_total", {"model": model.name, "priority": "interactive", "status": "success"}
+        )
+        == 2
     )
     # The service goes on serving after the abandoned text.
     model.hold.clear()

@@ -33,8 +33,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 START_TIMEOUT = 120.0  # two interpreters importing quart & co. on a busy 2-core machine
 STOP_TIMEOUT = 60.0
-SUCCESS = 'batcher_requests_total{model="debug",status="success"}'  # ServerProcess serves "debug"
-SUCCESS_LABELS = {"model": "debug", "status": "success"}
+SUCCESS = 'batcher_requests_total{model="debug",priority="interactive",status="success"}'  # ServerProcess serves "debug"
+SUCCESS_LABELS = {"model": "debug", "priority": "interactive", "status": "success"}
 SERVER_ARGV = (sys.executable, "-m", "trio_infer")
 
 
@@ -82,7 +82,8 @@ def ready_lines(server: ServerProcess) -> int:
 
 
 def successes_per_pid(metrics_dir: Path) -> dict[int, float]:
-    """batcher_requests_total{model="debug",status="success"} of each worker, from its own counter
+    """batcher_requests_total{model="debug",priority="interactive",status="success"} of each worker, from its
+    own counter
     file."""
     counts: dict[int, float] = {}
     for path in metrics_dir.glob("counter_*.db"):
@@ -176,7 +177,7 @@ async def test_requests_spread_over_two_workers_and_metrics_merge(
         assert merged[SUCCESS] == sent
         assert merged['http_requests_total{method="POST",route="/embed",status="200"}'] == sent
         assert merged["trio_infer_ready"] == 1
-        assert merged['batcher_queue_size{model="debug"}'] == 0
+        assert merged['batcher_queue_size{model="debug",priority="interactive"}'] == 0
 
     assert stop(server) == 0, server.log()[-5000:]
     assert not any(alive(pid) for pid in workers)

@@ -1,19 +1,21 @@
 """`trio-infer` / `python -m trio_infer`: parse settings, set up logging, bind, run one or several workers.
 
-Order matters for a new user's first minute: settings are checked (exit 2), then the port is bound
-(exit 1 with one line naming `host:port` and the cause), both before anything slow is imported or
-loaded.
+Order matters for a new user's first minute: settings are checked (exit 2), the API keys file too
+(exit 2 with one line naming the file and the line), then the port is bound (exit 1 with one line
+naming `host:port` and the cause), all before anything slow is imported or loaded.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TypeVar
 
-from .config import load_settings
+from .config import PROG, cache_over_limit, load_settings
+from .models.cgroups import cgroup_memory_limit
 from .runtime.listener import BindError, bind_listener
 from .runtime.logs import SUPERVISOR, configure_logging, exit_now
 
@@ -33,6 +35,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(prebuild(settings))
     # --- end of `export`
     settings = load_settings(args)
+    too_big = cache_over_limit(settings, cgroup_memory_limit())
+    if too_big is not None:
+        print(f"{PROG}: error: {too_big} (see {PROG} --help)", file=sys.stderr)
+        sys.exit(2)
+    # A SIGHUP re-reads the API keys once the server listens for it (runtime.key_reload, or the
+    # supervisor's forwarding); until then it must not end the process (its default action): the
+    # keys file is read after that anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # The supervisor of several workers logs rarely and runs no flushing task: write through.
     configure_logging(
         settings.log_level,
@@ -40,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         buffered=settings.workers == 1,
         worker=SUPERVISOR if settings.workers > 1 else None,
     )
+    if settings.api_keys_file is not None:
+        _check_keys_file(settings.api_keys_file)
     try:
         listener = bind_listener(settings.host, settings.port)
     except BindError as error:
@@ -72,6 +84,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         exit_now(1)
     exit_now(0)
+
+
+def _check_keys_file(path: str) -> None:
+    """Refuse to start on a keys file that cannot be used (each worker reads its own copy later: a
+    worker restarted after a SIGHUP must see the file as it is then)."""
+    from .http.keys_file import KeysFileError, read_keys_file
+
+    try:
+        read_keys_file(path)
+    except KeysFileError as error:
+        log.critical("--api-keys-file: %s; not starting", error)
+        exit_now(2)
 
 
 def _find(error: BaseException, kind: type[E]) -> E | None:

@@ -72,6 +72,12 @@ class Settings:
     cache_dir: str = "~/.cache/trio-infer"  # exported models and auto's decision
     max_input_chars: int = 1024
     models: tuple[ModelSpec, ...] = ()  # empty: the one model of MODEL_NAME
+    cache_size: int = 128 * 1024 * 1024  # bytes of embedding cache per model (0: off)
+    bulk_min_share: float = 0.1
+    max_bulk_queue_size: int = 4096
+    bulk_batch_tokens: int | None = None  # None: from the calibrated cost model
+    default_priority: str = "interactive"  # a core.priority label
+    api_keys_file: str | None = None  # None: --api-key's one caller, or no key
     prompts: tuple[tuple[str, str], ...] = ()  # (name, text) added to every model's own prompts
     default_prompt_name: str | None = None  # None: each model's own default prompt (if any)
 
@@ -254,6 +260,63 @@ class ModelList(Kind):
 
 
 @dataclass(frozen=True)
+class Size(Kind):
+    """A size in bytes: a whole number with an optional unit (`512MiB`, `1G`, `0`), at most `high`."""
+
+    high: int = 1 << 50
+    metavar = "BYTES"
+
+    _UNITS = {
+        "": 1,
+        "b": 1,
+        "k": 1000,
+        "kb": 1000,
+        "kib": 1 << 10,
+        "m": 1000**2,
+        "mb": 1000**2,
+        "mib": 1 << 20,
+        "g": 1000**3,
+        "gb": 1000**3,
+        "gib": 1 << 30,
+        "t": 1000**4,
+        "tb": 1000**4,
+        "tib": 1 << 40,
+    }
+
+    def parse(self, raw: str) -> int:
+        match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", raw)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in self._UNITS:
+            raise ValueError(f"must be {self.describe()}")
+        value = int(match.group(1)) * self._UNITS[unit]
+        if value > self.high:
+            raise ValueError(f"must be {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        return "a whole number of bytes with an optional unit (K, M, G, T; KiB, MiB, GiB, TiB), e.g. 512MiB, or 0"
+
+
+@dataclass(frozen=True)
+class Fraction(Kind):
+    """A finite number in [0, 1]."""
+
+    metavar = "FRACTION"
+
+    def parse(self, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value <= 1.0:  # also refuses nan
+            raise ValueError(f"must be {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        return "a number from 0 to 1"
+
+
+@dataclass(frozen=True)
 class PromptList(Kind):
     """Prompts: `NAME=TEXT` items, one per repeated flag (PROMPTS: one per line). TEXT is taken as
     given, spaces included (a prompt usually ends with one, e.g. `query=query: `); NAME is not empty
@@ -376,7 +439,7 @@ _FLAGS: tuple[Setting, ...] = (
         "max_queue_size",
         "MAX_QUEUE_SIZE",
         Integer(1, 10_000_000),
-        "texts admitted and not yet in a forward pass; beyond it 503 + Retry-After",
+        "interactive texts admitted and not yet in a forward pass; beyond it 503 + Retry-After",
     ),
     Setting(
         "max_body_size", "MAX_BODY_SIZE", Integer(1, 1 << 30), "largest request body in bytes (413 beyond)"
@@ -497,6 +560,48 @@ _FLAGS: tuple[Setting, ...] = (
         flag_name="model",
     ),
     Setting(
+        "cache_size",
+        "CACHE_SIZE",
+        Size(),
+        "bytes of finished vectors each model keeps to answer repeated texts at once (0: off); per "
+        "worker process",
+    ),
+    Setting(
+        "bulk_min_share",
+        "BULK_MIN_SHARE",
+        Fraction(),
+        "the least fraction of forward-pass time bulk texts get while interactive texts keep the model busy",
+    ),
+    Setting(
+        "max_bulk_queue_size",
+        "MAX_BULK_QUEUE_SIZE",
+        Integer(1, 10_000_000),
+        "bulk texts admitted and not yet in a forward pass; beyond it 503 + Retry-After for bulk only "
+        "(--max-queue-size bounds interactive texts alone)",
+    ),
+    Setting(
+        "bulk_batch_tokens",
+        "BULK_BATCH_TOKENS",
+        TokenBudget(1, 10_000_000),
+        "padded-token budget of a pass holding bulk texts while interactive traffic is active, so a "
+        "query waits at most one short pass; 'auto' derives it from the calibrated cost model",
+    ),
+    Setting(
+        "default_priority",
+        "DEFAULT_PRIORITY",
+        # core.priority.LABELS (config cannot import core: core imports config)
+        Choice(("interactive", "bulk")),
+        "class of requests that send no X-Priority header and whose API key names none: "
+        "interactive (a person waits) is served before bulk (indexing)",
+    ),
+    Setting(
+        "api_keys_file",
+        "API_KEYS_FILE",
+        Text(what="a file path"),
+        "file of 'NAME KEY [PRIORITY]' lines, one caller each (KEY plain or sha256:<hex>); "
+        "requires 'Authorization: Bearer <key>' on inference routes; re-read on SIGHUP",
+    ),
+    Setting(
         "prompts",
         "PROMPTS",
         PromptList(),
@@ -586,7 +691,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         if not setting.flag:
             continue
         default = getattr(defaults, setting.name)
-        shown = "auto" if setting.name == "max_batch_tokens" else ("none" if default is None else default)
+        shown = (
+            "auto"
+            if setting.name in ("max_batch_tokens", "bulk_batch_tokens")
+            else ("none" if default is None else default)
+        )
+        if setting.name == "cache_size":
+            shown = f"{default // (1 << 20)}MiB"
         if isinstance(shown, bool):
             shown = "on" if shown else "off"
         switch: dict[str, Any] = {"nargs": "?", "const": "on"} if isinstance(setting.kind, Switch) else {}
@@ -641,6 +752,11 @@ def _check_combinations(settings: Settings) -> None:
             "--model/MODELS and MODEL_NAME: give the models with one of them, "
             f"got both (MODEL_NAME={settings.model_name})"
         )
+    if settings.api_key is not None and settings.api_keys_file is not None:
+        raise SettingError(
+            "--api-key and --api-keys-file: give the keys with one of them (a line 'default KEY' "
+            "in the file is what --api-key means), got both"
+        )
     if settings.quantize == "int8" and settings.backend == "torch":
         raise SettingError("--quantize int8: needs --backend openvino, onnx or auto, got --backend torch")
     if settings.dtype != "auto" and settings.backend != "torch":
@@ -648,6 +764,21 @@ def _check_combinations(settings: Settings) -> None:
             f"--dtype {settings.dtype}: needs --backend torch (openvino and onnx take --quantize), "
             f"got --backend {settings.backend}"
         )
+
+
+def cache_over_limit(settings: Settings, memory_limit: int | None) -> str | None:
+    """Why the embedding caches cannot fit in `memory_limit` bytes (the cgroup's), or None: every
+    model in every worker keeps its own cache of up to --cache-size bytes."""
+    if memory_limit is None or not settings.cache_size:
+        return None
+    models, workers = len(settings.model_specs()), settings.workers
+    total = settings.cache_size * models * workers
+    if total <= memory_limit:
+        return None
+    return (
+        f"--cache-size: {settings.cache_size} bytes x {models} model(s) x {workers} worker(s) = {total} "
+        f"bytes exceeds the cgroup memory limit of {memory_limit} bytes"
+    )
 
 
 def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -675,6 +806,7 @@ __all__ = [
     "DEBUG_MODEL",
     "DEFAULT_MODEL_LABEL",
     "Choice",
+    "Fraction",
     "Integer",
     "ModelList",
     "ModelSpec",
@@ -683,10 +815,12 @@ __all__ = [
     "Setting",
     "SettingError",
     "Settings",
+    "Size",
     "Switch",
     "Text",
     "TokenBudget",
     "build_parser",
+    "cache_over_limit",
     "load_settings",
     "parse_settings",
     "settings_table",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import trio
 
 from .admission import Admission
+from .cache import VectorCache, cache_key, model_salt
 from .dispatch import Dispatch
 from .embedder import AsyncEmbedder
 from .execution import Execution, ModelCall
@@ -22,6 +23,7 @@ from .limits import BatchLimits
 from .metrics import ModelMetrics
 from .priority import ANONYMOUS, Priority
 from .scheduler import DeviceScheduler
+from .share import PassShare
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +51,23 @@ class Batcher:
         limits: BatchLimits,
         cost: CostModel,
         scheduler: DeviceScheduler | None = None,
+        cache_size: int = 0,
     ) -> None:
         """`scheduler`: the device's, shared with the other models on the same device (a private one
-        when None: the model has its device to itself)."""
+        when None: the model has its device to itself). `cache_size`: bytes of finished vectors kept
+        to answer repeated texts (0: none; identical texts in flight are still computed once)."""
         self.embedder = embedder
         self.metrics = metrics
         self.limits = limits
-        self.admission = Admission(limits.max_queue_size, metrics)
-        self.execution = Execution(embedder, self.admission, metrics)
+        self.cache = VectorCache(cache_size, metrics.cache)
+        self._salt = model_salt(
+            embedder.name,
+            str(getattr(embedder, "backend", "")),
+            str(getattr(embedder, "precision", "")),
+            embedder.dimension,
+        )
+        self.admission = Admission(limits.bounds, metrics, self.cache, embedder.max_tokens)
+        self.execution = Execution(embedder, self.admission, metrics, PassShare(limits.bulk_min_share))
         self.scheduler = DeviceScheduler(embedder.device) if scheduler is None else scheduler
         self.dispatch = Dispatch(self.admission, self.execution, limits, cost, self.scheduler)
         self.running = False
@@ -68,8 +79,12 @@ class Batcher:
 
     @property
     def queue_size(self) -> int:
-        """Live texts admitted and not yet in a forward pass (what `max_queue_size` bounds)."""
+        """Live texts admitted and not yet in a forward pass, of every class."""
         return self.admission.waiting
+
+    def queue_sizes(self) -> dict[str, int]:
+        """Texts waiting per class (what `max_queue_size` and `max_bulk_queue_size` bound)."""
+        return {priority.label: count for priority, count in self.admission.waiting_by.items()}
 
     @property
     def inflight_batches(self) -> int:
@@ -87,8 +102,9 @@ class Batcher:
     def oldest_call(self) -> ModelCall | None:
         return self.execution.oldest_call()
 
-    def predicted_wait(self, extra: int = 0) -> float | None:
-        """Seconds until `extra` more texts would be done, from the measured service rate.
+    def predicted_wait(self, extra: int = 0, priority: Priority = Priority.BULK) -> float | None:
+        """Seconds until `extra` more texts of `priority` would be done, from the measured service
+        rate: an interactive text waits for the interactive texts ahead of it, a bulk one for all.
 
         None when the rate is unknown, and when nothing waits or runs: an idle model serves a newcomer
         at once however slow its recent passes were (else one pass slower than the request timeout
@@ -97,7 +113,12 @@ class Batcher:
         rate = self.execution.rate.per_second
         if rate is None or (not self.admission.waiting and not self.execution.calls):
             return None
-        return (self.admission.waiting + extra) / rate + self.stalled_for()
+        ahead = sum(count for cls, count in self.admission.waiting_by.items() if cls <= priority)
+        return (ahead + extra) / rate + self.stalled_for()
+
+    def key(self, text: str) -> bytes:
+        """The cache key of `text` for this model (see `cache.cache_key`)."""
+        return cache_key(self._salt, text)
 
     # -- admission -------------------------------------------------------------------------------
 
@@ -111,17 +132,19 @@ class Batcher:
         priority: Priority = Priority.INTERACTIVE,
         caller: str = ANONYMOUS,
     ) -> list[Job]:
-        """Admit all of `texts` or none; never blocks. See `Admission.admit` for the errors. With
-        `truncate` False, a text over the model's token limit fails with InputTooLong (400) once
-        tokenized, instead of being truncated."""
+        """A finished or admitted job per text, in order; never blocks. A text in the cache comes back
+        done, one identical to a text in flight shares its job, the others are admitted all or none.
+        See `Admission.admit` for the errors. With `truncate` False, a text over the model's token
+        limit fails with InputTooLong (400) once tokenized, instead of being truncated."""
         return self.admission.admit(
             texts,
+            [self.key(text) for text in texts],
             deadline=deadline,
             request_id=request_id,
-            predicted_wait=self.predicted_wait(len(texts)),
             truncate=truncate,
             priority=priority,
             caller=caller,
+            predict=lambda cls, extra: self.predicted_wait(extra, cls),
         )
 
     def withdraw(self, jobs: Sequence[Job]) -> int:

@@ -62,6 +62,15 @@ class InputTooLong(BadRequest):
     def __init__(self, detail: str, *, param: str | None = None) -> None:
         super().__init__(detail, param=param, code="input_too_long")
 
+    @classmethod
+    def counted(cls, tokens: int, exact: bool, limit: int) -> InputTooLong:
+        """The error for a text of `tokens` tokens (at least that many when not `exact`)."""
+        count = f"{tokens}" if exact else f"at least {tokens}"
+        return cls(
+            f"the text has {count} tokens, over this model's limit of {limit}; "
+            "shorten it, or send truncate: true to embed its first tokens"
+        )
+
 
 class InvalidJSON(BadRequest):
     kind = "invalid_json"

@@ -18,6 +18,7 @@ from .embedder import AsyncEmbedder, TokenIds
 from .errors import InferenceFailed, InputTooLong
 from .jobs import Job, Vector
 from .metrics import ModelMetrics
+from .share import PassShare
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +58,27 @@ def _ids(jobs: list[Job]) -> str:
     return ",".join(sorted({job.request_id for job in jobs}))
 
 
-def _too_long(job: Job, limit: int) -> str:
-    count = f"{job.text_tokens}" if job.text_tokens_exact else f"at least {job.text_tokens}"
-    return (
-        f"the text has {count} tokens, over this model's limit of {limit}; "
-        "shorten it, or send truncate: true to embed its first tokens"
-    )
+def _set_tokens(job: Job, ids: list[int]) -> None:
+    job.tokens = list(ids) or [0]
+    if isinstance(ids, TokenIds):
+        job.text_tokens, job.text_tokens_exact = ids.total, ids.exact
+    else:
+        job.text_tokens = len(ids)
 
 
 class Execution:
     """Runs model calls for the dispatcher. At most one tokenization and one forward pass run at a time
     (the dispatcher's doing); both are timed, so a hung tokenizer trips the watchdog like a hung pass."""
 
-    def __init__(self, embedder: AsyncEmbedder, admission: Admission, metrics: ModelMetrics) -> None:
+    def __init__(
+        self, embedder: AsyncEmbedder, admission: Admission, metrics: ModelMetrics, share: PassShare
+    ) -> None:
+        """`share`: where each pass's time is accounted by class (bulk's minimum share)."""
         self.embedder = embedder
         self.admission = admission
+        self.cache = admission.cache
         self.metrics = metrics
+        self.share = share
         self.rate = ServiceRate()
         self.failed_in_a_row = 0  # forward passes that raised since the last one that succeeded
         self.calls: list[ModelCall] = []
@@ -115,16 +121,13 @@ class Execution:
         limit = self.embedder.max_tokens
         tokenized: list[Job] = []
         for job, ids in zip(jobs, token_ids, strict=True):
-            job.tokens = list(ids) or [0]
-            if isinstance(ids, TokenIds):
-                job.text_tokens, job.text_tokens_exact = ids.total, ids.exact
-            else:
-                job.text_tokens = len(ids)
+            _set_tokens(job, ids)
             if not job.truncate and job.text_tokens > limit:
                 # A client error, not a batcher outcome: counted by the HTTP metrics (400) only.
                 self.admission.release(job)
+                self.admission.forget(job)
                 if not job.done.is_set() and not job.abandoned:
-                    job.fail(InputTooLong(_too_long(job, limit)))
+                    job.fail(InputTooLong.counted(job.text_tokens, job.text_tokens_exact, limit))
             else:
                 tokenized.append(job)
         return tokenized
@@ -145,6 +148,8 @@ class Execution:
             for job in batch:
                 if job.live(trio.current_time()):
                     await self.forward([job])
+                else:
+                    self.admission.forget(job)
 
     async def lone(self, job: Job) -> None:
         """Tokenize and embed one fresh text in a single model call."""
@@ -152,7 +157,7 @@ class Execution:
 
         async def both() -> list[Vector]:
             token_ids, vectors = await self.embedder.tokenize_and_embed([job.text])
-            job.tokens = list(token_ids[0]) or [0]
+            _set_tokens(job, token_ids[0])
             return vectors
 
         vectors = await self._pass([job], both)
@@ -165,7 +170,7 @@ class Execution:
         start = trio.current_time()
         for job in batch:
             if job.waiting:
-                self.metrics.batch_wait.observe(start - job.admitted_at)
+                self.metrics.of(job.priority).batch_wait.observe(start - job.admitted_at)
             self.admission.release(job)
 
     async def _pass(
@@ -204,19 +209,34 @@ class Execution:
         self.metrics.padding_efficiency.observe(real / padded if padded else 1.0)
         self.metrics.inference_time.observe(seconds)
         self.rate.record(len(batch), seconds)
+        for priority, share in self.share.split(seconds, batch).items():
+            self.metrics.of(priority).pass_seconds.inc(share)
 
     def _deliver(self, batch: list[Job], vectors: list[Vector]) -> None:
+        """Answer the callers still waiting, and store every vector, also those whose callers all
+        left during the pass (the text was computed; the next caller gets it for free)."""
         now = trio.current_time()
         for job, vector in zip(batch, vectors, strict=True):
+            if self.cache.enabled:
+                self.cache.put(
+                    job.key,
+                    vector,
+                    n_tokens=job.n_tokens,
+                    text_tokens=job.text_tokens,
+                    exact=job.text_tokens_exact,
+                )
+            self.admission.forget(job)
             if not job.abandoned and not job.done.is_set():
                 job.succeed(vector)
-                self.metrics.outcome["success"].inc()
-                self.metrics.request_latency.observe(now - job.admitted_at)
+                classes = self.metrics.of(job.priority)
+                classes.outcome["success"].inc()
+                classes.request_latency.observe(now - job.admitted_at)
 
     def _fail(self, jobs: list[Job], what: str) -> None:
         log.error("%s for %d text(s) (requests %s)", what, len(jobs), _ids(jobs))
         for job in jobs:
             self.admission.release(job)
+            self.admission.forget(job)
             if not job.done.is_set() and not job.abandoned:
                 job.fail(InferenceFailed("inference failed; see the server log"))
-                self.metrics.outcome["error"].inc()
+                self.metrics.of(job.priority).outcome["error"].inc()

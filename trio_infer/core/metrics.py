@@ -21,10 +21,14 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .priority import Priority
+
 # `*_created` series double every family's size and no dashboard or alert uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REQUEST_STATUSES = ("success", "error", "timeout", "rejected", "cancelled")
+CACHE_RESULTS = ("hit", "miss", "coalesced")
+CALLER_RESULTS = ("computed", "cached", "rejected")
 
 # The label values HTTP series may take: a client cannot add any.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST"})  # anything else is OTHER
@@ -51,12 +55,15 @@ class Metrics:
         self.registry = CollectorRegistry() if registry is None else registry
         r = self.registry
         self.requests = Counter(
-            "batcher_requests", "Texts handled by the batcher, by outcome", ["model", "status"], registry=r
+            "batcher_requests",
+            "Texts handled by the batcher, by outcome",
+            ["model", "priority", "status"],
+            registry=r,
         )
         self.request_latency = Histogram(
             "batcher_request_latency_seconds",
             "Admission to result, per text",
-            ["model"],
+            ["model", "priority"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -80,7 +87,7 @@ class Metrics:
         self.batch_wait = Histogram(
             "batcher_batch_wait_time_seconds",
             "Admission to the start of the text's forward pass",
-            ["model"],
+            ["model", "priority"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -94,13 +101,13 @@ class Metrics:
         self.skipped = Counter(
             "batcher_skipped",
             "Texts dropped before inference because their caller had left or timed out",
-            ["model"],
+            ["model", "priority"],
             registry=r,
         )
         self.queue_size = Gauge(
             "batcher_queue_size",
             "Texts admitted and not yet in a forward pass",
-            ["model"],
+            ["model", "priority"],
             registry=r,
             multiprocess_mode="livesum",
         )
@@ -110,6 +117,46 @@ class Metrics:
             ["model"],
             registry=r,
             multiprocess_mode="livesum",
+        )
+        self.pass_seconds = Counter(
+            "batcher_pass_seconds",
+            "Forward-pass time, shared among the classes of its texts by their tokens",
+            ["model", "priority"],
+            registry=r,
+        )
+        self.caller_texts = Counter(
+            "batcher_caller_texts",
+            "Texts per configured caller: computed (queued, or joined to an identical text in flight), "
+            "cached (answered from the cache) or rejected (503)",
+            ["model", "caller", "result"],
+            registry=r,
+        )
+        self.cache_requests = Counter(
+            "batcher_cache_requests",
+            "Texts looked up in the embedding cache: hit, miss (computed) or coalesced (joined an "
+            "identical text in flight)",
+            ["model", "result"],
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "batcher_cache_bytes",
+            "Bytes held by the embedding cache (vectors and per-entry overhead)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_entries = Gauge(
+            "batcher_cache_entries",
+            "Vectors held by the embedding cache",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_evictions = Counter(
+            "batcher_cache_evictions",
+            "Vectors evicted from the embedding cache to stay within --cache-size",
+            ["model"],
+            registry=r,
         )
         self.http_requests = Counter(
             "http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r
@@ -202,30 +249,73 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+class ClassMetrics:
+    """One model's series for one priority class, bound once (`labels()` costs a lock and a lookup)."""
+
+    def __init__(self, metrics: Metrics, model: str, priority: Priority) -> None:
+        labels = {"model": model, "priority": priority.label}
+        self.outcome = {
+            status: metrics.requests.labels(**labels, status=status) for status in REQUEST_STATUSES
+        }
+        self.request_latency = metrics.request_latency.labels(**labels)
+        self.batch_wait = metrics.batch_wait.labels(**labels)
+        self.skipped = metrics.skipped.labels(**labels)
+        self.queue_size = metrics.queue_size.labels(**labels)
+        self.pass_seconds = metrics.pass_seconds.labels(**labels)
+
+
+class CacheMetrics:
+    """One model's embedding-cache series."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.requests = {
+            result: metrics.cache_requests.labels(model=model, result=result) for result in CACHE_RESULTS
+        }
+        self.bytes = metrics.cache_bytes.labels(model=model)
+        self.entries = metrics.cache_entries.labels(model=model)
+        self.evictions = metrics.cache_evictions.labels(model=model)
+
+
 class ModelMetrics:
     """One model's batcher series: the families of `Metrics` bound to `model=<name>`.
 
-    `name` must be a configured model name, never a client's string, so the label stays bounded.
+    `name` must be a configured model name, never a client's string, so the label stays bounded; so
+    must every caller name given to `caller` (configured API-key names, or `anonymous`).
     Children are bound once because `labels()` costs a lock and a lookup per call on the hot path;
-    every series exists from start-up.
+    every series exists from start-up (a caller's from its first text, or from `prepare_callers`).
     """
 
     def __init__(self, metrics: Metrics, name: str) -> None:
         self.name = name
-        self.outcome = {
-            status: metrics.requests.labels(model=name, status=status) for status in REQUEST_STATUSES
-        }
-        self.request_latency = metrics.request_latency.labels(model=name)
+        self.classes = {priority: ClassMetrics(metrics, name, priority) for priority in Priority}
+        self.cache = CacheMetrics(metrics, name)
         self.batch_size = metrics.batch_size.labels(model=name)
         self.batch_tokens = metrics.batch_tokens.labels(model=name)
         self.padding_efficiency = metrics.padding_efficiency.labels(model=name)
-        self.batch_wait = metrics.batch_wait.labels(model=name)
         self.inference_time = metrics.inference_time.labels(model=name)
-        self.skipped = metrics.skipped.labels(model=name)
-        self.queue_size = metrics.queue_size.labels(model=name)
         self.inflight_batches = metrics.inflight_batches.labels(model=name)
         self.max_batch_tokens = metrics.max_batch_tokens.labels(model=name)
+        self._callers: dict[tuple[str, str], Counter] = {}
         self._metrics = metrics
+
+    def of(self, priority: Priority) -> ClassMetrics:
+        return self.classes[priority]
+
+    def caller(self, caller: str, result: str) -> Counter:
+        """The per-caller counter of `result` (one of CALLER_RESULTS) for a configured caller name."""
+        key = (caller, result)
+        child = self._callers.get(key)
+        if child is None:
+            child = self._callers[key] = self._metrics.caller_texts.labels(
+                model=self.name, caller=caller, result=result
+            )
+        return child
+
+    def prepare_callers(self, callers: Iterable[str]) -> None:
+        """Create the per-caller series of `callers` at zero."""
+        for caller in callers:
+            for result in CALLER_RESULTS:
+                self.caller(caller, result)
 
     def describe(self, *, device: str, backend: str, precision: str) -> None:
         """Set the model's info series (`trio_infer_model_info`, `trio_infer_backend_info`)."""

@@ -1,10 +1,13 @@
-"""The device scheduler: one model call at a time per device, the oldest waiting text first.
+"""The device scheduler: one model call at a time per device, the most urgent class first, then the
+oldest waiting text.
 
 Models that share a device take turns on it: two forward passes on the same CPU cores (or the same
 GPU) only slow each other down. When the device comes free, the turn goes to the waiting model whose
-candidate batch holds the oldest text, whichever model it belongs to, so a saturated model cannot
-starve a quiet one: a newcomer waits at most for the texts that arrived before it. Models on
-different devices hold different schedulers and run in parallel.
+candidate pass is of the most urgent priority class (interactive before bulk), and among those to
+the one holding the oldest text, whichever model it belongs to. So a saturated model cannot starve a
+quiet one (a newcomer waits at most for the texts of its class that arrived before it), and one
+model's bulk re-index never delays another model's queries by more than the pass already running.
+Models on different devices hold different schedulers and run in parallel.
 """
 
 from __future__ import annotations
@@ -14,13 +17,23 @@ import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import trio
+
+from .priority import Priority
+
+
+class TurnKey(NamedTuple):
+    """A pass's claim on the device: its most urgent class, then when its oldest text was admitted."""
+
+    priority: Priority
+    oldest: float
 
 
 @dataclass(order=True)
 class _Waiter:
-    oldest: float
+    key: TurnKey
     seq: int
     granted: trio.Event = field(compare=False, default_factory=trio.Event)
     withdrawn: bool = field(compare=False, default=False)
@@ -42,8 +55,9 @@ class DeviceScheduler:
         return sum(not waiter.withdrawn for waiter in self._waiting)
 
     @asynccontextmanager
-    async def turn(self, oldest: float) -> AsyncIterator[None]:
-        """Hold the device for the body; `oldest` is when the oldest text of the call was admitted.
+    async def turn(self, oldest: float, priority: Priority = Priority.INTERACTIVE) -> AsyncIterator[None]:
+        """Hold the device for the body; `priority` is the call's most urgent class and `oldest` when
+        that class's oldest text in the call was admitted.
 
         Waits while another call holds the device. Cancelled while waiting, it leaves the queue;
         cancelled after the grant, it passes the turn on. Either way no turn is lost.
@@ -51,7 +65,7 @@ class DeviceScheduler:
         if not self._busy:
             await trio.lowlevel.checkpoint()
         if self._busy:
-            waiter = _Waiter(oldest, next(self._seq))
+            waiter = _Waiter(TurnKey(priority, oldest), next(self._seq))
             heapq.heappush(self._waiting, waiter)
             try:
                 await waiter.granted.wait()
@@ -92,4 +106,4 @@ class DeviceSchedulers:
         return scheduler
 
 
-__all__ = ["DeviceScheduler", "DeviceSchedulers"]
+__all__ = ["DeviceScheduler", "DeviceSchedulers", "TurnKey"]

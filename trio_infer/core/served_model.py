@@ -88,7 +88,9 @@ class ServedModel:
             "backend": self.backend,
             "precision": self.precision,
             "queue_size": self.batcher.queue_size,
+            "queues": self.batcher.queue_sizes(),
             "inflight_batches": self.batcher.inflight_batches,
+            "cache": self.batcher.cache.health(),
             "max_batch_tokens": self.batcher.limits.max_batch_tokens,
         }
         if problem is not None:

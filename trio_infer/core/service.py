@@ -32,6 +32,7 @@ class Ticket:
     jobs: list[Job]
     deadline: float
     limit: float
+    priority: Priority = Priority.INTERACTIVE
 
 
 class EmbeddingService:
@@ -118,7 +119,7 @@ class EmbeddingService:
             priority=priority,
             caller=caller,
         )
-        return Ticket(model=model, jobs=jobs, deadline=deadline, limit=limit)
+        return Ticket(model=model, jobs=jobs, deadline=deadline, limit=limit, priority=priority)
 
     async def wait(self, ticket: Ticket) -> list[Job]:
         """Wait for every job of `ticket`; returns them finished, in order.
@@ -137,7 +138,7 @@ class EmbeddingService:
                 left = batcher.withdraw(jobs)
                 if left:
                     status = "timeout" if scope.cancel_called else "cancelled"
-                    batcher.metrics.outcome[status].inc(left)
+                    batcher.metrics.of(ticket.priority).outcome[status].inc(left)
             for job in jobs:
                 if job.error is not None:
                     raise job.error

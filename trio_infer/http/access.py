@@ -1,9 +1,8 @@
-"""Per-request concerns shared by every route: request ids, the API key, the caller's deadline header,
-and the access log line."""
+"""Per-request concerns shared by every route: request ids, the caller's deadline header, and the
+access log line (the API key and the caller it names: `callers.py`)."""
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import logging
 import uuid
@@ -14,6 +13,7 @@ log = logging.getLogger("trio_infer.http.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TIMEOUT_HEADER = "X-Request-Timeout"
+PRIORITY_HEADER = "X-Priority"  # read by the pipeline (`pipeline._priority`)
 _MAX_REQUEST_ID = 128
 
 # Generated ids: a random per-process prefix and a counter (unique without a uuid4's urandom call).
@@ -27,16 +27,6 @@ def request_id(supplied: str | None) -> str:
     if supplied and len(supplied) <= _MAX_REQUEST_ID and supplied.isascii() and supplied.isprintable():
         return supplied
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
-
-
-def check_api_key(authorization: str | None, api_key: bytes | None) -> None:
-    """Raise Unauthorized unless there is no key or `authorization` is `Bearer <api_key>` (compared in
-    constant time). Which routes are open is the route table's business (`Route.open`)."""
-    if api_key is None:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):
-        raise errors.Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
 
 
 def parse_timeout(raw: str | None) -> float | None:

@@ -12,6 +12,7 @@ from quart_trio import QuartTrio
 
 from ..core.service import EmbeddingService
 from . import doc_pages, index, native_api, openai_api, openapi, probes
+from .callers import Callers, key_ring
 from .pipeline import Pipeline
 from .routes import RouteTable
 
@@ -19,7 +20,10 @@ TITLE = "trio-infer"
 DESCRIPTION = "Embedding inference with dynamic batching"
 
 
-def create_app(service: EmbeddingService) -> QuartTrio:
+def create_app(service: EmbeddingService, callers: Callers | None = None) -> QuartTrio:
+    """`callers`: the key ring in force, which the runtime reloads; None: the one the settings
+    configure, read now (`--api-keys-file` is read in the calling thread)."""
+    callers = Callers(key_ring(service.settings)) if callers is None else callers
     api = [
         *native_api.routes(service),
         *openai_api.routes(service),
@@ -31,13 +35,13 @@ def create_app(service: EmbeddingService) -> QuartTrio:
         title=TITLE,
         version=index.version(),
         description=DESCRIPTION,
-        bearer=service.settings.api_key is not None,
+        bearer=callers.ring.guarded,
     )
     table = RouteTable([*api, *doc_pages.routes(document)])
     service.metrics.prepare_http(table.labels())
     app = QuartTrio(__name__)
     app.extensions["route_table"] = table
-    app.asgi_app = Pipeline(app.asgi_app, service, table)  # type: ignore[method-assign]
+    app.asgi_app = Pipeline(app.asgi_app, service, table, callers)  # type: ignore[method-assign]
     return app
 
 

@@ -26,7 +26,14 @@ def routes(service: EmbeddingService) -> list[Route]:
         time_limit = access.parse_timeout(request.headers.get(_TIMEOUT_HEADER))
         model = service.model(body.model)
         texts = prompts.apply(prompts.resolve(model, prompt_name=body.prompt_name), [body.input_text])
-        ticket = service.admit(texts, model=model, time_limit=time_limit, request_id=request.request_id)
+        ticket = service.admit(
+            texts,
+            model=model,
+            time_limit=time_limit,
+            request_id=request.request_id,
+            priority=request.priority,
+            caller=request.caller,
+        )
         request.slot.release()  # waiting for the model is no event-loop work
         jobs = await service.wait(ticket)
         assert jobs[0].vector is not None  # a finished job without an error has its vector

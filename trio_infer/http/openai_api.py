@@ -65,6 +65,8 @@ def routes(service: EmbeddingService) -> list[Route]:
             time_limit=access.parse_timeout(request.headers.get(_TIMEOUT_HEADER)),
             request_id=request.request_id,
             truncate=body.truncate,
+            priority=request.priority,
+            caller=request.caller,
         )
         request.slot.release()  # waiting for the model is no event-loop work
         try:

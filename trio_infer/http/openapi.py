@@ -10,9 +10,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ..core.priority import LABELS
+from .access import PRIORITY_HEADER
 from .routes import Route
 
 _REF = "#/components/schemas/{model}"
+_PRIORITY_PARAMETER = {
+    "name": PRIORITY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "the request's class (case-insensitive); absent: the caller's default",
+    "schema": {"type": "string", "enum": list(LABELS)},
+}
 
 
 def build(
@@ -53,6 +62,8 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in _path_parameters(route.template)
     ]
+    if route.body is not None:  # the pipeline reads X-Priority on routes with a body
+        parameters.append({**_PRIORITY_PARAMETER})
     if parameters:
         operation["parameters"] = parameters
     if route.body is not None:

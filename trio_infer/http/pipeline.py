@@ -2,10 +2,11 @@
 
 In order, for each request:
 1. a request id (the caller's `X-Request-ID` when usable, else a fresh one);
-2. from the head alone, before a byte of the body is read: the API key unless the path is exactly
-   an open route's (401), the route (404), the method (405 with `Allow`), for routes with a body its
-   `Content-Type` (415) and declared `Content-Length` (413), and the cap on concurrent requests (503
-   with `Retry-After`);
+2. from the head alone, before a byte of the body is read: the caller, from the API key unless the
+   path is exactly an open route's (401; `callers.py`), the route (404), the method (405 with
+   `Allow`), for routes with a body its `Content-Type` (415), declared `Content-Length` (413) and
+   priority class (`X-Priority`, else the caller's default; 400), and the cap on concurrent requests
+   (503 with `Retry-After`);
 3. the body, within `--body-timeout` (408) and `--max-body-size` (413, counted while reading);
 4. an event-loop work slot (`throttle.py`), then the body validated as the route's model (400/422);
 5. the handler; a client that disconnects while a handler with a body runs cancels it (so the
@@ -33,8 +34,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..core import errors
+from ..core.priority import LABELS, Priority
 from . import access
 from .bodies import check_content_type, parse_model
+from .callers import Caller, Callers, key_ring
 from .responses import Reply, error_reply
 from .routes import Match, Request, Route, RouteTable
 from .throttle import NO_SLOT, Slot, WorkSlots
@@ -59,6 +62,8 @@ _CLOSE = (b"connection", b"close")
 # Retry-After for a request refused by the concurrency cap: requests finish within milliseconds to the
 # request timeout; a second is the least a header can say.
 _CAP_RETRY_AFTER = 1.0
+_PRIORITY_HEADER = access.PRIORITY_HEADER.lower()
+_SHOWN = 64  # characters of a bad header value quoted back in the error
 
 
 class _ClientLeft(Exception):
@@ -66,14 +71,19 @@ class _ClientLeft(Exception):
 
 
 class Pipeline:
-    """An ASGI app answering every HTTP request from `table`; other scopes go to `app`."""
+    """An ASGI app answering every HTTP request from `table`; other scopes go to `app`.
 
-    def __init__(self, app: ASGIApp, service: EmbeddingService, table: RouteTable) -> None:
+    `callers`: the key ring in force (read per request; a reload replaces it); None: the one the
+    settings configure, read now."""
+
+    def __init__(
+        self, app: ASGIApp, service: EmbeddingService, table: RouteTable, callers: Callers | None = None
+    ) -> None:
         self.app = app
         self.service = service
         self.table = table
         settings = service.settings
-        self._api_key = settings.api_key.encode() if settings.api_key else None
+        self.callers = Callers(key_ring(settings)) if callers is None else callers
         self._max_body = settings.max_body_size
         self._body_timeout = settings.body_timeout
         self._max_in_flight = settings.max_concurrent_requests
@@ -136,8 +146,9 @@ class Pipeline:
     ) -> Reply | None:
         """The handler's reply, or None when the client left while it ran. Raises ServiceError,
         _ClientLeft, or whatever the handler raises."""
-        if not match.open:  # with --api-key, an unknown path is not open either
-            access.check_api_key(headers.get("authorization"), self._api_key)
+        callers = self.callers
+        # With a key configured, an unknown path is not open either.
+        caller = callers.ring.anonymous if match.open else callers.identify(headers.get("authorization"))
         route = match.route
         if route is None:
             if match.allowed:
@@ -148,6 +159,9 @@ class Pipeline:
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self._max_body:
                 raise errors.PayloadTooLarge(f"the body exceeds {self._max_body} bytes")
+            priority = _priority(headers.get(_PRIORITY_HEADER), caller)
+        else:
+            priority = caller.priority
         if route.capped:
             if self._in_flight >= self._max_in_flight:
                 raise errors.Overloaded(
@@ -157,28 +171,24 @@ class Pipeline:
             self._in_progress.inc()
             state.counted = True
         if route.body is not None:
-            return await self._answer_with_body(
-                route, match, method, path, headers, request_id, receive, state
+            request = Request(
+                method, path, headers, match.params, None, request_id, NO_SLOT, priority, caller.name
             )
+            return await self._answer_with_body(route, request, receive, state)
         slot = NO_SLOT if route.probe else self._work.slot()
         await slot.acquire()
         try:
-            return await route.handler(Request(method, path, headers, match.params, None, request_id, slot))
+            return await route.handler(
+                Request(method, path, headers, match.params, None, request_id, slot, priority, caller.name)
+            )
         finally:
             slot.release()
 
     async def _answer_with_body(
-        self,
-        route: Route,
-        match: Match,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        request_id: str,
-        receive: ASGIReceiveCallable,
-        state: _State,
+        self, route: Route, request: Request, receive: ASGIReceiveCallable, state: _State
     ) -> Reply | None:
-        """Read the body under its deadline, then run the handler; a disconnect cancels the handler.
+        """Read the body under its deadline, then run the handler on `request` with the body and a
+        work slot filled in; a disconnect cancels the handler.
 
         One cancel scope serves both phases (the nursery's): it carries the body deadline while the
         body is read, and the disconnect watcher's cancel while the handler runs. The handler's
@@ -195,9 +205,9 @@ class Pipeline:
                 slot = self._work.slot()
                 await slot.acquire()
                 try:
-                    body = parse_model(data, route.body, route.context)
+                    request.body = parse_model(data, route.body, route.context)
+                    request.slot = slot
                     nursery.start_soon(_cancel_on_disconnect, receive, scope)
-                    request = Request(method, path, headers, match.params, body, request_id, slot)
                     outcome = await route.handler(request)
                 finally:
                     slot.release()
@@ -268,6 +278,20 @@ async def _send(
         "more_body": False,
     }
     await send(end)
+
+
+def _priority(raw: str | None, caller: Caller) -> Priority:
+    """The class `X-Priority` names (case-insensitive), else the caller's default; 400 otherwise."""
+    if raw is None:
+        return caller.priority
+    try:
+        return Priority.parse(raw)
+    except ValueError:
+        raise errors.BadRequest(
+            f"{access.PRIORITY_HEADER} must be one of {', '.join(LABELS)}, got {raw[:_SHOWN]!r}",
+            param=access.PRIORITY_HEADER,
+            code="invalid_value",
+        ) from None
 
 
 def _is_openai(path: str) -> bool:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from ..core.priority import ANONYMOUS, Priority
+
 if TYPE_CHECKING:
     from .responses import Reply
     from .throttle import Slot
@@ -26,6 +28,8 @@ class Request:
     `body` is the request validated as the route's `body` model (None for routes without one).
     `slot` is the request's event-loop work slot: a handler releases it before a long wait (for the
     model) so that waiting requests do not hold back the ones doing work.
+    `priority` and `caller` are who sent it and in which class: what a handler passes to
+    `service.admit` (the pipeline sets both from `X-Priority` and the API key).
     """
 
     method: str
@@ -35,6 +39,8 @@ class Request:
     body: Any
     request_id: str
     slot: Slot
+    priority: Priority = Priority.INTERACTIVE
+    caller: str = ANONYMOUS
 
 
 Handler = Callable[[Request], Awaitable["Reply"]]

@@ -96,13 +96,22 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="What was wrong", examples=["input_text: field required"])
 
 
+class CacheHealth(BaseModel):
+    capacity_bytes: int = Field(description="--cache-size (0: the cache is off)")
+    bytes: int = Field(description="Bytes held: vectors and per-entry overhead")
+    entries: int
+    hit_ratio: float | None = Field(description="Hits / lookups since start (null before the first)")
+
+
 class ModelHealth(BaseModel):
     status: Literal["healthy", "unhealthy"]
     device: str
     backend: str
     precision: str
-    queue_size: int = Field(description="Texts admitted and not yet in a forward pass")
+    queue_size: int = Field(description="Texts admitted and not yet in a forward pass, every class")
+    queues: dict[str, int] = Field(description="The same, per priority class (interactive, bulk)")
     inflight_batches: int
+    cache: CacheHealth
     max_batch_tokens: int
     reason: str | None = Field(default=None, description="Why the model is unhealthy (only then)")
 
@@ -116,7 +125,9 @@ class HealthResponse(BaseModel):
     backend: str
     precision: str
     queue_size: int
+    queues: dict[str, int]
     inflight_batches: int
+    cache: CacheHealth
     max_batch_tokens: int
     reason: str | None = Field(default=None, description="Why the server is unhealthy (only then)")
     models: dict[str, ModelHealth] = Field(description="Every served model, by name")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +159,27 @@ def batch_limits(settings: Settings, loaded: LoadedModel) -> BatchLimits:
         batch_timeout=settings.batch_timeout,
         batches_ahead=settings.num_batching_workers,
         max_queue_size=settings.max_queue_size,
+        max_bulk_queue_size=settings.max_bulk_queue_size,
+        bulk_batch_tokens=settings.bulk_batch_tokens or bulk_budget(loaded.cost, loaded.max_batch_tokens),
+        bulk_min_share=settings.bulk_min_share,
     )
+
+
+# A pass holding bulk texts while queries arrive is kept as short as it can be while computing at
+# least this fraction of the texts per second a full-budget pass computes: bulk loses at most 5 % of
+# its rate, and a query waits for the shortest pass that allows it.
+BULK_EFFICIENCY = 0.95
+
+
+def bulk_budget(cost: CostModel, max_batch_tokens: int) -> int:
+    """The least padded tokens whose predicted tokens per second are BULK_EFFICIENCY of a pass of
+    `max_batch_tokens` (cost model `fixed + per_token x tokens`: T / (f + pT) >= e x B / (f + pB))."""
+    full = max_batch_tokens / cost.batch_cost(1, max_batch_tokens)  # tokens per second at the full budget
+    slack = 1.0 - BULK_EFFICIENCY * full * cost.per_token
+    if cost.per_token <= 0 or slack <= 0:
+        return max_batch_tokens
+    tokens = math.ceil(BULK_EFFICIENCY * full * cost.fixed / slack)
+    return max(1, min(max_batch_tokens, tokens))
 
 
 class ModelLoadError(RuntimeError):

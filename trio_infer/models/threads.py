@@ -18,41 +18,14 @@ import os
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+from .cgroups import CGROUP_ROOT, PROC_SELF_CGROUP, ancestors, own_cgroups, read
+
 # Read by the OpenMP runtime (torch's intra-op pool), MKL, OpenBLAS and the tokenizers' rayon pool.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def _own_cgroups(proc_self_cgroup: Path) -> dict[str, str]:
-    """Controller list -> cgroup path, from /proc/self/cgroup ("" is the v2 unified hierarchy)."""
-    groups: dict[str, str] = {}
-    for line in (_read(proc_self_cgroup) or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) == 3:
-            groups[parts[1]] = parts[2]
-    return groups
-
-
-def _ancestors(root: Path, relative: str) -> list[Path]:
-    """`root/relative` and each directory above it up to `root`."""
-    path = root / relative.lstrip("/")
-    found = [path]
-    while path != root and root in path.parents:
-        path = path.parent
-        found.append(path)
-    return found
-
-
 def _v2_quota(directory: Path) -> float | None:
-    text = _read(directory / "cpu.max")
+    text = read(directory / "cpu.max")
     if text is None:
         return None
     quota, _, period = text.partition(" ")
@@ -62,7 +35,7 @@ def _v2_quota(directory: Path) -> float | None:
 
 
 def _v1_quota(directory: Path) -> float | None:
-    quota, period = _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
+    quota, period = read(directory / "cpu.cfs_quota_us"), read(directory / "cpu.cfs_period_us")
     if quota is None or period is None or int(quota) <= 0:
         return None
     return int(quota) / int(period)
@@ -70,16 +43,16 @@ def _v1_quota(directory: Path) -> float | None:
 
 def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> float | None:
     """The CPU quota, in CPUs, of this process's cgroup and those above it; None when there is none."""
-    groups = _own_cgroups(proc_self_cgroup)
+    groups = own_cgroups(proc_self_cgroup)
     quotas: list[float] = []
     if "" in groups:  # cgroup v2 (a v2-only host, or the unified part of a hybrid one)
-        quotas += [q for d in _ancestors(root, groups[""]) if (q := _v2_quota(d)) is not None]
+        quotas += [q for d in ancestors(root, groups[""]) if (q := _v2_quota(d)) is not None]
     for controllers, relative in groups.items():
         if "cpu" in controllers.split(","):  # cgroup v1
             for mount in (root / controllers, root / "cpu", root / "cpu,cpuacct"):
                 if mount.is_dir():
                     # the walk ends at the mount itself: in a container that is the container's cgroup
-                    quotas += [q for d in _ancestors(mount, relative) if (q := _v1_quota(d)) is not None]
+                    quotas += [q for d in ancestors(mount, relative) if (q := _v1_quota(d)) is not None]
                     break
     return min(quotas) if quotas else None
 

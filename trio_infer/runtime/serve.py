@@ -1,6 +1,6 @@
 """The process's lifetime: signals, model loading, the batcher and the HTTP server, in nested nurseries.
 
-    process nursery   signal watcher, log flusher, heartbeat (workers), health monitor   (until exit)
+    process nursery   signal watchers, log flusher, heartbeat (workers), health monitor   (until exit)
       loading nursery models' load in a thread, stop-on-signal                        (start-up only)
       serving nursery every model's batcher, hypercorn                                (until drained)
 
@@ -41,6 +41,7 @@ from . import hypercorn_fixes
 from .connections import ConnectionLimits, ServerConfig
 from .fd_limit import check_connection_cap, raise_open_file_limit
 from .heartbeat import send_heartbeats
+from .key_reload import serve_key_ring
 from .listener import bind_listener, display_address, hand_over
 from .logs import adopt_library_loggers, flush_periodically
 
@@ -106,6 +107,7 @@ async def _serve(
     metrics = Metrics()
     async with trio.open_nursery() as process:
         await process.start(lifecycle.watch_signals)
+        callers = await process.start(serve_key_ring, settings)  # SIGHUP re-reads --api-keys-file
         process.start_soon(flush_periodically)
         if heartbeat is not None:
             process.start_soon(send_heartbeats, heartbeat, settings.heartbeat_timeout)
@@ -113,7 +115,7 @@ async def _serve(
         log.info(
             "listening on %s (authentication: %s); loading %s",
             address,
-            "on" if settings.api_key else "off",
+            _authentication(callers.ring.guarded, len(callers.names)),
             _plural(len(settings.model_specs()), "model"),
         )
         loaded = await _load_unless_stopped(settings, lifecycle, shared_calibration)
@@ -122,12 +124,14 @@ async def _serve(
             process.cancel_scope.cancel()
             return
         models = _served_models(settings, loaded, metrics)
+        for model in models:  # the per-caller series of the configured names exist from start-up
+            model.batcher.metrics.prepare_callers(callers.names)
         async with trio.open_nursery() as serving:
             for model in models:
                 await serving.start(model.batcher.run)
             service = EmbeddingService(settings, models, lifecycle, metrics)
             await process.start(service.monitor)
-            app = create_app(service)
+            app = create_app(service, callers)
             config = hypercorn_config(settings)
             config.bind = [hand_over(listener)]
             batchers = [model.batcher for model in models]
@@ -138,10 +142,14 @@ async def _serve(
                 "ready on %s (%s; authentication: %s)",
                 ", ".join(binds),
                 "; ".join(f"model {model.name} on {model.device}" for model in models),
-                "on" if settings.api_key else "off",
+                _authentication(callers.ring.guarded, len(callers.names)),
             )
         log.info("drained; exiting")
         process.cancel_scope.cancel()
+
+
+def _authentication(guarded: bool, callers: int) -> str:
+    return f"on, {_plural(callers, 'caller')}" if guarded else "off"
 
 
 def _plural(count: int, noun: str) -> str:
@@ -154,12 +162,19 @@ def _served_models(settings: Settings, loaded: list[LoadedSpec], metrics: Metric
     models = []
     for item in loaded:
         embedder = item.loaded.embedder
+        limits = batch_limits(settings, item.loaded)
+        log.info(
+            "model %s: a pass holding bulk texts while queries arrive: at most %d padded tokens",
+            item.spec.name,
+            limits.bulk_budget,
+        )
         batcher = Batcher(
             embedder,
             metrics.for_model(item.spec.name),
-            batch_limits(settings, item.loaded),
+            limits,
             item.loaded.cost,
             schedulers.for_device(embedder.device),
+            cache_size=settings.cache_size,
         )
         models.append(
             ServedModel(

@@ -30,6 +30,10 @@ Contract of `run_workers`:
   shutdown are logged and change nothing. Workers run in their own process group, so a terminal's
   Ctrl-C reaches only the supervisor, which forwards it as SIGTERM; on Linux a worker also gets
   SIGTERM from the kernel if the supervisor dies (parent-death signal), so no worker outlives it.
+  SIGHUP to the supervisor is forwarded to every running worker, each of which re-reads
+  `--api-keys-file` (runtime.key_reload); a worker that is still starting reads the file after it
+  has started listening for SIGHUP, so it never misses a change. During the shutdown SIGHUP is
+  ignored.
 * Crashes. A worker that exits without being asked to is reaped, its live gauges are dropped from
   the merged metrics (`mark_process_dead`), and it is restarted after a backoff (0.5 s, doubling
   up to 8 s). After 5 unexpected exits within 60 s the supervisor stops the remaining workers and
@@ -73,6 +77,7 @@ log = logging.getLogger(__name__)
 METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+_RELOAD = signal.SIGHUP
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 8.0
 _CRASH_LIMIT = 5
@@ -102,7 +107,7 @@ def run_workers(
                 os.getpid(),
                 settings.workers,
                 display_address(*listener.getsockname()[:2]),
-                "on" if settings.api_key else "off",
+                "on" if settings.api_key or settings.api_keys_file else "off",
                 metrics_dir,
             )
             return _Supervisor(settings, listener, Path(run_dir) / "calibration.json", worker_main).run()
@@ -172,6 +177,7 @@ class _Supervisor:
     slots: list[_Slot] = field(default_factory=list)
     crashes: deque[float] = field(default_factory=deque)
     signals: list[int] = field(default_factory=list)
+    hangups: int = 0  # SIGHUPs received and not yet forwarded
 
     def __post_init__(self) -> None:
         self.slots = [_Slot(number) for number in range(1, self.settings.workers + 1)]
@@ -183,6 +189,7 @@ class _Supervisor:
     # ---------------------------------------------------------------------------------- lifetime
     def run(self) -> int:
         previous = {signum: signal.signal(signum, self._on_signal) for signum in _STOP_SIGNALS}
+        previous[_RELOAD] = signal.signal(_RELOAD, self._on_hangup)
         previous_fd = signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
         try:
             for slot in self.slots:
@@ -200,10 +207,24 @@ class _Supervisor:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals.append(signum)  # the wakeup fd interrupts the wait in _supervise/_shutdown
 
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        self.hangups += 1  # forwarded by _supervise, woken by the wakeup fd
+
+    def _forward_hangups(self) -> None:
+        if not self.hangups:
+            return
+        self.hangups = 0
+        running = self._processes(self.slots)
+        log.info("SIGHUP received: forwarding it to %d workers (re-reading the API keys)", len(running))
+        for process in running:
+            _send(process, _RELOAD)
+
     def _supervise(self) -> int:
-        """Keep N workers running until a stop signal (returns 0) or a crash loop (returns 1)."""
+        """Keep N workers running until a stop signal (returns 0) or a crash loop (returns 1);
+        forward SIGHUP to the workers."""
         timeout = self.settings.heartbeat_timeout
         while not self.signals:
+            self._forward_hangups()
             now = time.monotonic()
             for slot in self.slots:
                 if slot.beat_overdue(now, timeout) and slot.process is not None:
@@ -314,7 +335,7 @@ class _Supervisor:
         )
         # Blocked across the spawn, so the child inherits them blocked and unblocks them only once its
         # own handlers are installed: a stop signal is never lost nor kills a half-started worker.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {*_STOP_SIGNALS, _RELOAD})
         try:
             process.start()
         except BaseException:
@@ -430,9 +451,12 @@ def _worker_main(
     try:
         for signum in _STOP_SIGNALS:
             signal.signal(signum, stop_early)
+        # Until serve.main listens for SIGHUP (and then reads the keys file), one must not end the
+        # worker (its default action): the file is read after that anyway.
+        signal.signal(_RELOAD, signal.SIG_IGN)
         os.setpgrp()  # a terminal's Ctrl-C goes to the supervisor only; it forwards SIGTERM
         _die_with(supervisor_pid)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the supervisor
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*_STOP_SIGNALS, _RELOAD})  # blocked by the supervisor
         configure_logging(settings.log_level, settings.log_format, buffered=True, worker=number)
         import trio
 
