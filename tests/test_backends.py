@@ -194,5 +194,7 @@ def test_export_command_prebuilds_and_then_reuses_the_cache(builder: BackendBuil
     )
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
-    assert "reusing the cached export" in output and "exporting into" not in output
+    assert "for onnx: reusing the cached export" in output and "for onnx: exporting into" not in output
     assert "export cache ready" in output and "onnx backend in float32" in output
+    # It also stores the calibration vectors int8/uint8 ranges come from, as a start would.
+    assert "calibration vectors: exporting into" in output

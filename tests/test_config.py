@@ -77,7 +77,7 @@ def test_help_documents_every_flag_and_its_variable() -> None:
     for var in ("MODEL_NAME", "HF_TOKEN", "DEVICE"):
         assert var in help_text
     fields = set(Settings.__dataclass_fields__) - {"model_name", "hf_token", "device"}
-    renamed = {"models": "--model"}  # singular: the flag is given once per model
+    renamed = {"models": "--model", "prompts": "--prompt"}  # singular: the flag is given once per item
     for name in fields:
         assert renamed.get(name, "--" + name.replace("_", "-")) in help_text, name
 

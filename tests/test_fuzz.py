@@ -33,11 +33,15 @@ FUZZ_SETTINGS = settings(
 )
 
 DIMENSION = 384  # the debug model's
+# The fuzzed server's prompts, so that `prompt_name` and `input_type` have prompts to select.
+PROMPTS = {"query": "query: ", "passage": "passage: "}
+INPUT_TYPES = {"query": "query", "document": "passage", "passage": "passage"}
 
 
 @pytest.fixture(scope="module")
 def fuzz_server() -> Iterator[ServerProcess]:
-    with ServerProcess(args=["--log-level", "warning"]) as server:
+    prompts = [arg for name, text in PROMPTS.items() for arg in ("--prompt", f"{name}={text}")]
+    with ServerProcess(args=["--log-level", "warning", *prompts]) as server:
         yield server
         log = server.log()
     assert "Traceback" not in log, log[max(0, log.find("Traceback") - 300) :][:5000]
@@ -55,10 +59,12 @@ def api_schema(fuzz_server: ServerProcess) -> BaseSchema:
 
 def valid_by_the_prose(case: schemathesis.Case[Any]) -> bool:
     """Rules the documentation states in words because a static JSON Schema cannot: `dimensions` is 1
-    up to the served model's dimension ("else 400" on /v1/embeddings, "else 422" on TEI's body), and
-    TEI's `prompt_name` is refused until prompts are served. A schema-valid case outside them is not
-    valid data, so it is not sent as such."""
+    up to the served model's dimension ("else 400" on /v1/embeddings, "else 422" on TEI's body);
+    `prompt_name` names one of the model's prompts, and with `input_type` the same one ("else 400").
+    A schema-valid case outside them is not valid data, so it is not sent as such."""
     body = case.body if isinstance(case.body, dict) else {}
+    if case.meta is None or case.meta.generation.mode is not GenerationMode.POSITIVE:
+        return True
     dimensions = body.get("dimensions")
     positive = case.meta is not None and case.meta.generation.mode is GenerationMode.POSITIVE
     if not positive:
@@ -66,7 +72,14 @@ def valid_by_the_prose(case: schemathesis.Case[Any]) -> bool:
     with_dimensions = case.operation.path in ("/v1/embeddings", "/embed", "/") and isinstance(dimensions, int)
     if with_dimensions and not 1 <= dimensions <= DIMENSION:
         return False
-    return body.get("prompt_name") is None
+    prompt_name, input_type = body.get("prompt_name"), body.get("input_type")
+    if isinstance(prompt_name, str) and prompt_name not in PROMPTS:
+        return False
+    return not (
+        isinstance(prompt_name, str)
+        and isinstance(input_type, str)
+        and INPUT_TYPES.get(input_type) != prompt_name
+    )
 
 
 # schemathesis' `from_fixture(...).parametrize()` fails on pytest 9 (it sets the removed

@@ -79,6 +79,8 @@ class Settings:
     default_priority: str = "interactive"  # a core.priority label
     api_keys_file: str | None = None  # None: --api-key's one caller, or no key
     max_client_batch_size: int = 32  # TEI's default: texts per request on TEI's API
+    prompts: tuple[tuple[str, str], ...] = ()  # (name, text) added to every model's own prompts
+    default_prompt_name: str | None = None  # None: each model's own default prompt (if any)
 
     @property
     def model_label(self) -> str:
@@ -108,7 +110,8 @@ class Kind:
     metavar = "VALUE"
     secret = False  # never echo the value (in --help or in an error)
     empty_env_is_unset = True  # `VAR=` in the environment means "not set"
-    repeatable = False  # the flag may be given several times (its values are joined with commas)
+    repeatable = False  # the flag may be given several times (its values are joined by `separator`)
+    separator = ","
 
     def parse(self, raw: str) -> Any:
         raise NotImplementedError
@@ -224,6 +227,14 @@ class Text(Kind):
 
 
 @dataclass(frozen=True)
+class PromptName(Text):
+    """A prompt's name (which prompts exist is known only once the model has loaded)."""
+
+    what: str = "a prompt name"
+    metavar = "NAME"
+
+
+@dataclass(frozen=True)
 class ModelList(Kind):
     """Models to serve: `[ALIAS=]SOURCE` items, comma-separated (or one per repeated flag)."""
 
@@ -304,6 +315,33 @@ class Fraction(Kind):
 
     def describe(self) -> str:
         return "a number from 0 to 1"
+
+
+@dataclass(frozen=True)
+class PromptList(Kind):
+    """Prompts: `NAME=TEXT` items, one per repeated flag (PROMPTS: one per line). TEXT is taken as
+    given, spaces included (a prompt usually ends with one, e.g. `query=query: `); NAME is not empty
+    and has no whitespace or `=`. A later item of the same NAME replaces an earlier one."""
+
+    metavar = "NAME=TEXT"
+    repeatable = True
+    separator = "\n"  # prompt texts may hold commas
+
+    def parse(self, raw: str) -> tuple[tuple[str, str], ...]:
+        prompts: dict[str, str] = {}
+        for item in raw.split(self.separator):
+            if not item.strip():
+                continue
+            name, equals, text = item.partition("=")
+            if not equals or not name.strip() or re.search(r"\s", name.strip()):
+                raise ValueError(f"must be {self.describe()} (in {item!r})")
+            prompts[name.strip()] = text
+        if not prompts:
+            raise ValueError(f"must be {self.describe()}")
+        return tuple(prompts.items())
+
+    def describe(self) -> str:
+        return "NAME=TEXT, NAME not empty, TEXT prepended to each input as given"
 
 
 @dataclass(frozen=True)
@@ -570,6 +608,21 @@ _FLAGS: tuple[Setting, ...] = (
         Integer(1, 1_000_000),
         "texts (or id lists) in one request on TEI's API: POST /embed with inputs, /, /tokenize, /decode; 422 beyond",
     ),
+    Setting(
+        "prompts",
+        "PROMPTS",
+        PromptList(),
+        "a prompt for every served model, repeatable (PROMPTS: one per line); adds to or replaces the "
+        "model's own prompts (config_sentence_transformers.json); requests choose one with prompt_name",
+        flag_name="prompt",
+    ),
+    Setting(
+        "default_prompt_name",
+        "DEFAULT_PROMPT_NAME",
+        PromptName(),
+        "the prompt applied when a request names none; every model must have it (checked at start); "
+        "overrides the model's own default_prompt_name",
+    ),
 )
 
 _EPILOG = """\
@@ -657,7 +710,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         switch: dict[str, Any] = {"nargs": "?", "const": "on"} if isinstance(setting.kind, Switch) else {}
         if setting.kind.repeatable:
             switch["action"] = "append"
-            shown = "MODEL_NAME's model" if setting.name == "models" else shown
+            shown = {"models": "MODEL_NAME's model", "prompts": "the model's own"}.get(setting.name, shown)
         parser.add_argument(
             setting.option,
             dest=setting.name,
@@ -684,7 +737,7 @@ def parse_settings(args: Mapping[str, str | list[str] | None], env: Mapping[str,
     values: dict[str, Any] = {}
     for setting in _FLAGS:
         given = args.get(setting.name) if setting.flag else None
-        raw = ",".join(given) if isinstance(given, list) else given
+        raw = setting.kind.separator.join(given) if isinstance(given, list) else given
         from_flag = raw is not None
         if raw is None:
             raw = env.get(setting.env)
@@ -764,6 +817,7 @@ __all__ = [
     "Integer",
     "ModelList",
     "ModelSpec",
+    "PromptList",
     "Seconds",
     "Setting",
     "SettingError",

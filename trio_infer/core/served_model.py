@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import trio
 
 from .batching import Batcher
 from .execution import ModelCall
+from .jobs import Vector
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +23,19 @@ FAILED_PASSES_UNHEALTHY = 5
 class ServedModel:
     """`name` is the configured name (an alias, or the source as given): what clients send and what
     the `model` metric label holds. `full_name` is the model it was loaded from; clients of the
-    OpenAI API may use it too. Holds no tasks: its batcher runs in the caller's nursery."""
+    OpenAI API may use it too. Holds no tasks: its batcher runs in the caller's nursery.
+
+    `prompts` and `default_prompt_name` are the model's prompts (models.prompts); `calibration_vectors`
+    the vectors of the shipped calibration texts (n x dimension) that int8/uint8 ranges come from
+    (models.quantization), None where none were computed. Filled at load; the HTTP layer reads them."""
 
     name: str
     full_name: str
     batcher: Batcher
     watchdog_timeout: float
+    prompts: Mapping[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    calibration_vectors: Vector | None = None
     _reported_call: ModelCall | None = field(default=None, init=False)
     _reported_failures: bool = field(default=False, init=False)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import orjson
 
 from ..core.service import EmbeddingService
-from . import access
+from ..models import prompts
+from . import access, vectors
 from .responses import Reply
 from .routes import Request, Route
 from .schemas import MAX_INPUT_CHARS, EmbedRequest
@@ -34,8 +35,9 @@ def routes(service: EmbeddingService, tei: TeiApi) -> list[Route]:
         body = request.body
         time_limit = access.parse_timeout(request.headers.get(_TIMEOUT_HEADER))
         model = service.model(body.model)
+        texts = prompts.apply(prompts.resolve(model, prompt_name=body.prompt_name), [body.input_text])
         ticket = service.admit(
-            [body.input_text],
+            texts,
             model=model,
             time_limit=time_limit,
             request_id=request.request_id,
@@ -44,10 +46,10 @@ def routes(service: EmbeddingService, tei: TeiApi) -> list[Route]:
         )
         request.slot.release()  # waiting for the model is no event-loop work
         jobs = await service.wait(ticket)
+        assert jobs[0].vector is not None  # a finished job without an error has its vector
+        (embedding,) = vectors.encode(model, [jobs[0].vector], body.encoding_format, None)
         return Reply(
-            orjson.dumps(
-                {"embedding": jobs[0].vector, "model": model.name}, option=orjson.OPT_SERIALIZE_NUMPY
-            )
+            orjson.dumps({"embedding": embedding, "model": model.name}, option=orjson.OPT_SERIALIZE_NUMPY)
         )
 
     return [

@@ -6,16 +6,14 @@ same statuses as the native API (the pipeline picks the shape by path).
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Any
-
-import numpy as np
 
 from ..core import errors
 from ..core.jobs import Vector
 from ..core.service import EmbeddingService, ServedModel
-from . import access
+from ..models import prompts
+from . import access, vectors
 from .openai_schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList, ModelObject, OpenAIErrorResponse
 from .responses import Reply, json_reply
 from .routes import Request, Route
@@ -35,19 +33,6 @@ def _check_dimensions(model: ServedModel, dimensions: int | None) -> None:
             param="dimensions",
             code="invalid_value",
         )
-
-
-def _shorten(vector: Vector, dimensions: int) -> Vector:
-    """The first `dimensions` components, re-normalized to unit length."""
-    head = vector[:dimensions].astype(np.float32)
-    norm = float(np.linalg.norm(head))
-    return head / np.float32(norm) if norm > 0 else head
-
-
-def _encode(vector: Vector, encoding_format: str | None) -> Any:
-    if encoding_format == "base64":
-        return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode("ascii")
-    return vector
 
 
 _EMBEDDINGS_ERRORS = (400, 401, 404, 408, 413, 415, 422, 500, 503, 504)
@@ -73,8 +58,9 @@ def routes(service: EmbeddingService) -> list[Route]:
         body: EmbeddingsRequest = request.body
         model = service.model(body.model)
         _check_dimensions(model, body.dimensions)
+        prompt = prompts.resolve(model, prompt_name=body.prompt_name, input_type=body.input_type)
         ticket = service.admit(
-            body.input,
+            prompts.apply(prompt, body.input),
             model=model,
             time_limit=access.parse_timeout(request.headers.get(_TIMEOUT_HEADER)),
             request_id=request.request_id,
@@ -88,17 +74,16 @@ def routes(service: EmbeddingService) -> list[Route]:
         except errors.InputTooLong as error:
             index = next(i for i, job in enumerate(ticket.jobs) if job.error is error)
             raise errors.InputTooLong(f"input.{index}: {error.detail}", param=f"input.{index}") from None
-        data = []
-        prompt_tokens = 0
-        for index, job in enumerate(jobs):
+        found: list[Vector] = []
+        for job in jobs:
             assert job.vector is not None  # a finished job without an error has its vector
-            vector = job.vector
-            if body.dimensions is not None and body.dimensions < vector.shape[0]:
-                vector = _shorten(vector, body.dimensions)
-            data.append(
-                {"object": "embedding", "index": index, "embedding": _encode(vector, body.encoding_format)}
-            )
-            prompt_tokens += job.n_tokens
+            found.append(job.vector)
+        encoded = vectors.encode(model, found, body.encoding_format, body.dimensions)
+        data = [
+            {"object": "embedding", "index": index, "embedding": embedding}
+            for index, embedding in enumerate(encoded)
+        ]
+        prompt_tokens = sum(job.n_tokens for job in jobs)
         return json_reply(
             {
                 "object": "list",

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ..core.errors import BadRequest
-from .schemas import Text
+from .schemas import ENCODING_FORMAT_DESCRIPTION, PROMPT_NAME_DESCRIPTION, Text
+from .vectors import EncodingFormat
 
 MAX_INPUTS = 2048
 
@@ -60,18 +61,16 @@ class EmbeddingsRequest(BaseModel):
         ),
         examples=[["The quick brown fox jumps over the lazy dog.", "A second text"]],
     )
-    encoding_format: Literal["float", "base64"] | None = Field(
+    encoding_format: EncodingFormat | None = Field(
         default=None,
-        description=(
-            "`float` (default): a JSON array per embedding; `base64`: the little-endian float32 bytes, "
-            "base64-encoded (what the official OpenAI SDKs request and decode by default)"
-        ),
+        description=ENCODING_FORMAT_DESCRIPTION
+        + " (the official OpenAI SDKs request and decode `base64` by default; the others are extensions)",
     )
     dimensions: int | None = Field(
         default=None,
         description=(
             "Keep only the first N dimensions and re-normalize to unit length; "
-            "1 <= N <= the model's dimension, else 400"
+            "1 <= N <= the model's dimension, else 400. Applied before `encoding_format`"
         ),
         examples=[128],
     )
@@ -82,6 +81,18 @@ class EmbeddingsRequest(BaseModel):
             "Extension (as in TEI). true (default): a text over the model's token limit is truncated to "
             "it, and `usage` counts the tokens read; false: such a text gets 400 `input_too_long` "
             "naming its token count and the limit"
+        ),
+    )
+    prompt_name: str | None = Field(
+        default=None, description="Extension (as in TEI). " + PROMPT_NAME_DESCRIPTION, examples=["query"]
+    )
+    input_type: Literal["query", "document", "passage"] | None = Field(
+        default=None,
+        description=(
+            "Extension (as in NVIDIA's and Voyage's APIs): the model's prompt of that name; `document` "
+            "and `passage` each fall back on the other where the model has only one. 400 naming the "
+            "model's prompts when it has neither; with `prompt_name` too, both must select the same "
+            "prompt (else 400)"
         ),
     )
 
@@ -97,8 +108,9 @@ class EmbeddingsRequest(BaseModel):
 class EmbeddingObject(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int = Field(description="Position of the text in `input`")
-    embedding: list[float] | str = Field(
-        description="The vector: floats, or base64 of little-endian float32 with `encoding_format=base64`"
+    embedding: list[float] | list[int] | str = Field(
+        description="The vector: floats, base64 of little-endian float32 with `encoding_format=base64`, "
+        "or integers with int8, uint8, binary and ubinary"
     )
 
 

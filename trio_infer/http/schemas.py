@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
+from .vectors import EncodingFormat
+
 # /embed's default --max-input-chars; /v1/embeddings takes any length (the model truncates).
 MAX_TEXT_CHARS = 1024
 # The validation context key that carries the running server's --max-input-chars.
@@ -41,6 +43,21 @@ def _within_limit(text: str, info: ValidationInfo) -> str:
     return text
 
 
+PROMPT_NAME_DESCRIPTION = (
+    "A prompt of the model (its config_sentence_transformers.json, or --prompt NAME=TEXT) prepended "
+    "to the text before tokenizing, as sentence-transformers' encode(prompt_name=...); the model's "
+    "default prompt when absent (see --default-prompt-name). 400 naming the model's prompts for a "
+    "name it lacks"
+)
+ENCODING_FORMAT_DESCRIPTION = (
+    "`float` (default): float32 components; `base64`: their little-endian bytes, base64-encoded; "
+    "`int8`/`uint8`: one integer per dimension (-128..127 / 0..255), each dimension's range from "
+    "the model's vectors of the calibration texts shipped with trio-infer; `binary`/`ubinary`: the "
+    "sign bits packed 8 dimensions a byte, one integer per byte (-128..127 / 0..255). The same values "
+    "as sentence-transformers' quantize_embeddings. Exact lower-case names only"
+)
+
+
 class EmbedRequest(BaseModel):
     """Validate with `context={MAX_INPUT_CHARS: settings.max_input_chars}` (default 1024)."""
 
@@ -57,10 +74,18 @@ class EmbedRequest(BaseModel):
         "404 model_not_found for a name the server does not serve",
         examples=["sentence-transformers/all-MiniLM-L6-v2"],
     )
+    prompt_name: str | None = Field(
+        default=None,
+        description=PROMPT_NAME_DESCRIPTION,
+        examples=["query"],
+    )
+    encoding_format: EncodingFormat = Field(default="float", description=ENCODING_FORMAT_DESCRIPTION)
 
 
 class EmbedResponse(BaseModel):
-    embedding: list[float] = Field(description="The text's embedding vector")
+    embedding: list[float] | list[int] | str = Field(
+        description="The text's embedding vector, in the requested `encoding_format`"
+    )
     model: str = Field(
         description="The model that answered", examples=["sentence-transformers/all-MiniLM-L6-v2"]
     )

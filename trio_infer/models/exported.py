@@ -81,6 +81,13 @@ class ExportedModel:
         self.name = base.name
         self.dimension = base.dimension
         self.max_tokens = base.max_tokens
+        self.prompts = base.prompts
+        self.pools_prompt = base.pools_prompt
+
+    @property
+    def base(self) -> SentenceTransformerModel:
+        """The torch model this one was exported from (its tokenizer, files and prompts)."""
+        return self._base
 
     def tokenize(self, texts: Sequence[str], tails: Sequence[bool] = ()) -> list[list[int]]:
         return self._base.tokenize(texts, tails)

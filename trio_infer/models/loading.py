@@ -9,12 +9,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from ..config import DEBUG_MODEL, ModelSpec, Settings
 from ..core.embedder import AsyncEmbedder
 from ..core.formation import CostModel
 from ..core.limits import BatchLimits
+from . import quantization
 from .calibration import calibrate, choose_token_budget
 from .embedder import Model, ThreadedEmbedder
+from .prompts import PromptConfigError, Prompts, configure
 from .shared_calibration import Calibration, calibrate_once
 
 log = logging.getLogger(__name__)
@@ -28,6 +33,9 @@ class LoadedModel:
     embedder: AsyncEmbedder
     cost: CostModel
     max_batch_tokens: int
+    prompts: Prompts = dataclasses.field(default_factory=Prompts)
+    # The shipped calibration texts' vectors: int8/uint8 ranges come from them (models.quantization).
+    calibration_vectors: npt.NDArray[np.float32] | None = None
 
 
 def build_model(settings: Settings) -> Model:
@@ -59,16 +67,19 @@ def load_model(settings: Settings, *, shared_calibration: Path | None = None) ->
         from .debug import DebugEmbedder
 
         debug = DebugEmbedder(faults=settings.debug_faults)
+        prompts = configure(Prompts(), settings.prompts, settings.default_prompt_name, model=DEBUG_MODEL)
         budget = _budget(settings, _DEBUG_COST, debug.max_tokens)
         source = "configured" if settings.max_batch_tokens is not None else "debug model"
         log.info("max batch tokens: %d (%s)", budget, source)
-        return LoadedModel(embedder=debug, cost=_DEBUG_COST, max_batch_tokens=budget)
+        vectors = quantization.calibration_vectors(lambda texts: np.vstack(debug.vectors(texts)))
+        return LoadedModel(debug, _DEBUG_COST, budget, prompts, vectors)
 
     model: Model | None = None
 
     def fit() -> Calibration:
         nonlocal model
         model = build_model(settings)
+        model_prompts(settings, model)  # a prompt misconfiguration fails before the calibration
         cost = calibrate(model)
         return Calibration(cost, _budget(settings, cost, model.max_tokens))
 
@@ -78,11 +89,66 @@ def load_model(settings: Settings, *, shared_calibration: Path | None = None) ->
         calibration, produced = calibrate_once(shared_calibration, fit)
     if model is None:
         model = build_model(settings)
+    prompts = model_prompts(settings, model)
     log.info("serving with the %s backend in %s", model.backend, model.precision)
     log.info("max batch tokens: %d (%s)", calibration.max_batch_tokens, _source(settings, produced=produced))
     return LoadedModel(
-        embedder=ThreadedEmbedder(model), cost=calibration.cost, max_batch_tokens=calibration.max_batch_tokens
+        ThreadedEmbedder(model),
+        calibration.cost,
+        calibration.max_batch_tokens,
+        prompts,
+        cached_calibration_vectors(settings, model),
     )
+
+
+def model_prompts(settings: Settings, model: Model) -> Prompts:
+    """The model's own prompts with `--prompt` and `--default-prompt-name` applied. Raises
+    PromptConfigError for a default that names no prompt, or for prompts on a model whose pooling
+    leaves prompt tokens out (Pooling `include_prompt: false`), which this server does not do."""
+    own = getattr(model, "prompts", Prompts())
+    prompts = configure(own, settings.prompts, settings.default_prompt_name, model=settings.model_label)
+    if not getattr(model, "pools_prompt", True) and any(prompts.texts.values()):
+        raise PromptConfigError(
+            f"model {settings.model_label} pools without its prompt's tokens (Pooling include_prompt: "
+            "false), which trio-infer does not support; its prompts would give other vectors than "
+            "sentence-transformers'"
+        )
+    if prompts.texts:
+        log.info(
+            "prompts of %s: %s (default: %s)",
+            settings.model_label,
+            ", ".join(sorted(prompts.texts)),
+            prompts.default_name or "none",
+        )
+    return prompts
+
+
+def cached_calibration_vectors(settings: Settings, model: Model) -> npt.NDArray[np.float32]:
+    """The calibration texts' vectors by this model, stored in an export cache entry keyed like the
+    model's exports (its files, backend, precision, library versions) and the texts' version: computed
+    by the first process to start, read by restarts and the other workers. Without a usable cache
+    directory they are computed here."""
+    from .backends import entry_name, model_fingerprint
+    from .export_cache import load_entry
+    from .sentence_transformer import SentenceTransformerModel
+
+    def compute(texts: list[str]) -> npt.NDArray[np.float32]:
+        return quantization.embed_in_batches(model.tokenize, model.embed, texts)
+
+    base = model if isinstance(model, SentenceTransformerModel) else getattr(model, "base", None)
+    if not isinstance(base, SentenceTransformerModel):
+        return quantization.calibration_vectors(compute)
+    recipe = f"{settings.quantize}-{model.precision}-calibration{quantization.VERSION}"
+    name = entry_name(base, model_fingerprint(base), model.backend, recipe)
+    root = Path(settings.cache_dir).expanduser()
+    what = f"{model.name} calibration vectors"
+    try:
+        return quantization.calibration_vectors(
+            compute, cache=lambda build, load: load_entry(root, name, build, load, what=what)
+        )
+    except OSError as error:
+        log.warning("%s: cache %s unusable (%s); computing them without caching", what, root, error)
+        return quantization.calibration_vectors(compute)
 
 
 def batch_limits(settings: Settings, loaded: LoadedModel) -> BatchLimits:

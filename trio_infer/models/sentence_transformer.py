@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import DEFAULT_MODEL_LABEL, Settings
 from ..core.jobs import Vector
+from .prompts import CONFIG_FILE, Prompts, read_prompts
 from .threads import configure_threads
 from .tokens import Token, byte_offsets
 from .truncation import token_ids, tokenize_heads
@@ -93,6 +94,13 @@ def pad(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np
     return input_ids, mask
 
 
+def _own_prompts(source: str, token: str | None) -> Prompts:
+    """The prompts of the model's own config file (the file sentence-transformers just read)."""
+    from sentence_transformers.util.file_io import load_file_path
+
+    return read_prompts(load_file_path(source, CONFIG_FILE, token=token))
+
+
 class SentenceTransformerModel:
     """Blocking; load and call from a worker thread. Not thread-safe (the tokenizer keeps state), but
     `embed` never touches the tokenizer (it pads the ids itself), so one thread may tokenize while
@@ -131,6 +139,10 @@ class SentenceTransformerModel:
         self.pad_id = int(self._tokenizer.pad_token_id or 0)
         self._prefix, self._suffix = _special_tokens(self._tokenizer)
         self.wants_token_types = "token_type_ids" in getattr(self._tokenizer, "model_input_names", ())
+        self.prompts = _own_prompts(source, settings.hf_token)
+        # Pooling(include_prompt=False) leaves the prompt's tokens out of the mean: the prompt-applied
+        # text alone cannot reproduce that, so loading refuses such a model with prompts (loading.py).
+        self.pools_prompt = all(getattr(module, "include_prompt", True) for module in self._model)
         log.info(
             "loaded %s on %s in %s (dimension %d, max %d tokens, %d threads)",
             self.name,

@@ -176,7 +176,17 @@ def _served_models(settings: Settings, loaded: list[LoadedSpec], metrics: Metric
             schedulers.for_device(embedder.device),
             cache_size=settings.cache_size,
         )
-        models.append(ServedModel(item.spec.name, item.spec.full_name, batcher, settings.watchdog_timeout))
+        models.append(
+            ServedModel(
+                item.spec.name,
+                item.spec.full_name,
+                batcher,
+                settings.watchdog_timeout,
+                prompts=item.loaded.prompts.texts,
+                default_prompt_name=item.loaded.prompts.default_name,
+                calibration_vectors=item.loaded.calibration_vectors,
+            )
+        )
     return models
 
 
