@@ -339,3 +339,31 @@ async def test_openapi_documents_both_embed_shapes_and_teis_routes(client: Clien
         assert method in document["paths"][path], path
     tei_error = document["paths"]["/"]["post"]["responses"]["429"]["content"]["application/json"]["schema"]
     assert tei_error["title"] == "TEIErrorResponse"
+
+
+async def test_prompt_name_and_encoding_format_on_teis_body(
+    service: EmbeddingService, client: Client
+) -> None:
+    """TEI's body takes the same prompts and compact formats as the other APIs: the prompt is
+    prepended before tokenizing; int8/binary quantize as sentence-transformers does."""
+    from sentence_transformers.quantization import quantize_embeddings
+
+    model = service.default
+    model.prompts = {"query": "query: ", "passage": "passage: "}
+    model.calibration_vectors = np.stack([text_vector(f"calibration {i}") for i in range(64)])
+    status, body, _ = await post(client, "/embed", {"inputs": ["a b"], "prompt_name": "query"})
+    assert status == 200 and np.allclose(body[0], expected("query: a b"), atol=1e-6)
+    status, body, _ = await post(client, "/", {"inputs": "a b", "prompt_name": "nope"})
+    assert_tei_error(status, body, 422, "Validation", "query")
+    for precision in ("int8", "binary"):
+        status, body, _ = await post(client, "/embed", {"inputs": ["a b"], "encoding_format": precision})
+        assert status == 200, body
+        ranges = np.vstack([model.calibration_vectors.min(0), model.calibration_vectors.max(0)])
+        want = quantize_embeddings(np.array([expected("a b")], dtype=np.float32), precision, ranges=ranges)
+        assert body == want.tolist(), precision
+    status, body, _ = await post(
+        client, "/embed", {"inputs": "a", "encoding_format": "int8", "normalize": False}
+    )
+    assert_tei_error(status, body, 422, "Validation", "normalize")
+    status, body, _ = await post(client, "/embed", {"inputs": "a", "encoding_format": "INT8"})
+    assert_tei_error(status, body, 422, "Validation")

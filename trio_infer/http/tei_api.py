@@ -20,6 +20,7 @@ from ..core import errors
 from ..core.jobs import Job, Vector
 from ..core.service import EmbeddingService, ServedModel
 from ..core.vectors import finish
+from ..models import prompts
 from ..models.tokens import AsyncTokenizer, tokenizer_of
 from . import access
 from .index import version
@@ -36,6 +37,7 @@ from .tei_schemas import (
     TeiTokenizeRequest,
     TeiTokenizeResponse,
 )
+from .vectors import encode
 
 _TIMEOUT_HEADER = access.TIMEOUT_HEADER.lower()
 # TEI's own words (core/src/lib.rs prefixes the errors its tokenizer and infer steps raise).
@@ -70,19 +72,19 @@ class TeiApi:
 
     # -- the one place a TEI body becomes texts, and vectors become TEI's answer ---------------------
 
-    def texts(self, inputs: str | list[str], prompt_name: str | None) -> list[str]:
-        """The texts to admit for TEI's `inputs`; raises TEI's errors for an empty list or text, a
-        list over --max-client-batch-size, and (until prompts are served) any `prompt_name`."""
-        if prompt_name is not None:
-            raise errors.ValidationFailed(
-                f"{_INVALID}`prompt_name` {prompt_name!r}: this server applies no prompts yet",
-                param="prompt_name",
-            )
+    def texts(self, model: ServedModel, inputs: str | list[str], prompt_name: str | None) -> list[str]:
+        """The texts to admit for TEI's `inputs`, the prompt `prompt_name` names (else the model's
+        default) prepended; raises TEI's errors for an empty list or text, a list over
+        --max-client-batch-size, and a prompt the model lacks (422, as TEI's)."""
         texts = [inputs] if isinstance(inputs, str) else inputs
         self._check_batch(len(texts), "inputs")
         if any(not text for text in texts):
             raise errors.EmptyInput(f"{_INVALID}`inputs` cannot be empty", param="inputs")
-        return texts
+        try:
+            prompt = prompts.resolve(model, prompt_name=prompt_name)
+        except errors.BadRequest as error:
+            raise errors.ValidationFailed(f"{_INVALID}{error.detail}", param="prompt_name") from None
+        return prompts.apply(prompt, texts)
 
     def _check_batch(self, size: int, field: str) -> None:
         if size == 0:
@@ -105,9 +107,18 @@ class TeiApi:
         return result
 
     @staticmethod
-    def answer(vectors: list[Vector]) -> Reply:
-        """TEI's `/embed` answer: a JSON list of float vectors (the one place vectors are encoded)."""
-        return Reply(orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY))
+    def answer(model: ServedModel, vectors: list[Vector], body: TeiEmbedRequest) -> Reply:
+        """TEI's `/embed` answer: a JSON list of vectors in `encoding_format` (the one place vectors
+        are encoded). The compact formats quantize unit vectors with the model's ranges, so they
+        need `normalize` (422 otherwise)."""
+        if body.encoding_format not in ("float", "base64") and not body.normalize:
+            raise errors.ValidationFailed(
+                f"{_INVALID}`encoding_format` {body.encoding_format} quantizes unit vectors: it needs "
+                "`normalize: true`",
+                param="encoding_format",
+            )
+        encoded = encode(model, vectors, body.encoding_format, body.dimensions)
+        return Reply(orjson.dumps(encoded, option=orjson.OPT_SERIALIZE_NUMPY))
 
     # -- handlers ------------------------------------------------------------------------------------
 
@@ -120,7 +131,7 @@ class TeiApi:
         """
         body: TeiEmbedRequest = request.body
         model = self.service.model(body.model)
-        texts = self.texts(body.inputs, body.prompt_name)
+        texts = self.texts(model, body.inputs, body.prompt_name)
         _check_dimensions(model, body.dimensions)
         ticket = self.service.admit(
             texts,
@@ -143,7 +154,9 @@ class TeiApi:
                 f"Given: {job.text_tokens}",
                 param="inputs",
             ) from None
-        return self.answer(self.vectors(jobs, normalize=body.normalize, dimensions=body.dimensions))
+        return self.answer(
+            model, self.vectors(jobs, normalize=body.normalize, dimensions=body.dimensions), body
+        )
 
     async def tokenize(self, request: Request) -> Reply:
         """Tokenize a text or a list of texts with the model's own tokenizer (TEI's `/tokenize`).
@@ -153,7 +166,7 @@ class TeiApi:
         """
         body: TeiTokenizeRequest = request.body
         model = self.service.model(body.model)
-        texts = self.texts(body.inputs, body.prompt_name)
+        texts = self.texts(model, body.inputs, body.prompt_name)
         tokenizer = _tokenizer(model)
         request.slot.release()  # the tokenizer runs in a thread of its own
         tokens = await tokenizer.tokenize_detailed(texts, body.add_special_tokens)

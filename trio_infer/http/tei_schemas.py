@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel
 
+from .schemas import ENCODING_FORMAT_DESCRIPTION
+from .vectors import EncodingFormat
+
 # TEI's spellings (serde aliases in router/src/http/types.rs): "Left"/"left" and "Right"/"right".
 TruncationDirection = Literal["Left", "Right", "left", "right"]
 
@@ -40,7 +43,8 @@ _MODEL = Field(
 )
 _PROMPT_NAME = Field(
     default=None,
-    description="TEI's prompt name; this server applies no prompts yet: any name is a 422",
+    description="A prompt of the model (its sentence-transformers `prompts`, or --prompt) to prepend "
+    "before tokenizing; null: the model's default prompt, if any. A name the model lacks is a 422",
     examples=[None],
 )
 
@@ -72,6 +76,7 @@ class TeiEmbedRequest(BaseModel):
         "1 <= N <= the model's dimension, else 422",
     )
     model: str | None = _MODEL
+    encoding_format: EncodingFormat = Field(default="float", description=ENCODING_FORMAT_DESCRIPTION)
 
 
 def _one_of(title: str, description: str, models: list[type[BaseModel]], **kwargs: Any) -> dict[str, Any]:
@@ -86,7 +91,7 @@ def _one_of(title: str, description: str, models: list[type[BaseModel]], **kwarg
     return result
 
 
-class TeiEmbedResponse(RootModel[list[list[float]]]):
+class TeiEmbedResponse(RootModel[list[list[float] | list[int] | str]]):
     """One vector per input, in order; a list even for a single string."""
 
     model_config = ConfigDict(title="TEIEmbedResponse")
