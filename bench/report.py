@@ -38,6 +38,13 @@ Targets:
   both models served; the table gives the bundled model's rate with the debug load as a ratio of its rate
   alone, and the debug model's p99 while the bundled model is saturated (the notes compare it with the
   bundled model's forward pass and latency). The start log's per-model memory lines are in the notes.
+- Priority classes (issue 18, `bench/priority_rows.py`): 2 interactive clients (single texts, 0.1 s
+  apart) alone, and with 4 bulk clients sending `/v1` lists of 256 (`X-Priority: bulk`), against the same
+  load without the header and without the cap on bulk passes. Targets: interactive p99 <= 2 x (idle p99 +
+  forward-pass p99), p50 <= 3 x idle p50, bulk texts/s >= 0.85 x bulk alone, 0 errors.
+- Embedding cache (issue 20, `bench/cache_rows.py`): Zipf (s = 1.1) single texts at 32 clients >= 3x
+  the server with `--cache-size 0`, a hit's p50 < 3 ms, re-index lists of 64 (80 % seen) >= 3.5x,
+  resident memory within `--cache-size` + 10 % after filling it twice over, 0 errors.
 - A row passes only if it also had no errors (any non-200 answer or broken connection).
 """
 
