@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import numpy as np
 import trio
@@ -108,3 +109,26 @@ def make_service(
     lifecycle = Lifecycle(graceful_timeout=settings.graceful_timeout, drain_delay=settings.drain_delay)
     model = ServedModel(embedder.name, embedder.name, batcher, settings.watchdog_timeout)
     return EmbeddingService(settings, [model], lifecycle, metrics)
+
+
+@asynccontextmanager
+async def running(service: EmbeddingService) -> AsyncIterator[trio.Nursery]:
+    """The service's batcher running in a nursery of its own, ready; closed when the block ends."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.batcher.run)
+        service.lifecycle.mark_ready()
+        yield nursery
+        service.batcher.close()
+
+
+@asynccontextmanager
+async def model_busy(service: EmbeddingService, embedder: FakeEmbedder) -> AsyncIterator[trio.Nursery]:
+    """The model runs one pass that waits for the block to end; meanwhile texts queue up."""
+    embedder.gate = trio.Event()
+    embedder.started = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.embed, ["warm up"])
+        await embedder.started.wait()
+        yield nursery
+        embedder.gate.set()
+        embedder.gate = None

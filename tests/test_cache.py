@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 import trio
 import trio.testing
 
-from tests.fakes import FakeEmbedder, make_service, text_vector
+from tests.fakes import FakeEmbedder, make_service, model_busy, running, text_vector
 from trio_infer.core.cache import ENTRY_OVERHEAD, VectorCache, cache_key, model_salt
 from trio_infer.core.errors import InputTooLong, RequestTimeout
 from trio_infer.core.jobs import Vector
@@ -21,27 +20,6 @@ from trio_infer.core.priority import Priority
 from trio_infer.core.service import EmbeddingService
 
 ENTRY = FakeEmbedder.dimension * 4 + ENTRY_OVERHEAD  # bytes one fake vector costs in the cache
-
-
-@asynccontextmanager
-async def running(service: EmbeddingService) -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.batcher.run)
-        service.lifecycle.mark_ready()
-        yield nursery
-        service.batcher.close()
-
-
-@asynccontextmanager
-async def model_busy(service: EmbeddingService, embedder: FakeEmbedder) -> AsyncIterator[trio.Nursery]:
-    embedder.gate = trio.Event()
-    embedder.started = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.embed, ["warm up"])
-        await embedder.started.wait()
-        yield nursery
-        embedder.gate.set()
-        embedder.gate = None
 
 
 def cache_sample(service: EmbeddingService, name: str, **labels: str) -> float | None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.lowlevel
 import trio.testing
 
-from tests.fakes import FAKE_COST, FakeEmbedder, make_service
+from tests.fakes import FAKE_COST, FakeEmbedder, make_service, model_busy, running
 from trio_infer.core.errors import Overloaded, RequestTimeout
 from trio_infer.core.formation import CostModel
 from trio_infer.core.priority import Priority
@@ -24,27 +22,6 @@ INTERACTIVE = Priority.INTERACTIVE
 
 def words(count: int, tag: str) -> str:
     return " ".join(f"{tag}{i}" for i in range(count))
-
-
-@asynccontextmanager
-async def running(service: EmbeddingService) -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.batcher.run)
-        service.lifecycle.mark_ready()
-        yield nursery
-        service.batcher.close()
-
-
-@asynccontextmanager
-async def model_busy(service: EmbeddingService, embedder: FakeEmbedder) -> AsyncIterator[trio.Nursery]:
-    """The model runs one pass that waits for the block to end; meanwhile texts queue up."""
-    embedder.gate = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.embed, ["warm up"])
-        await embedder.started.wait()
-        yield nursery
-        embedder.gate.set()
-        embedder.gate = None
 
 
 def sample(service: EmbeddingService, name: str, **labels: str) -> float | None:
