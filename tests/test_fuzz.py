@@ -60,7 +60,8 @@ def api_schema(fuzz_server: ServerProcess) -> BaseSchema:
 def valid_by_the_prose(case: schemathesis.Case[Any]) -> bool:
     """Rules the documentation states in words because a static JSON Schema cannot: `dimensions` is 1
     up to the served model's dimension ("else 400" on /v1/embeddings, "else 422" on TEI's body);
-    `prompt_name` names one of the model's prompts, and with `input_type` the same one ("else 400").
+    `prompt_name` names one of the model's prompts, and with `input_type` the same one ("else 400");
+    on TEI's body a compact `encoding_format` needs `normalize: true` ("else 422").
     A schema-valid case outside them is not valid data, so it is not sent as such."""
     body = case.body if isinstance(case.body, dict) else {}
     if case.meta is None or case.meta.generation.mode is not GenerationMode.POSITIVE:
@@ -75,6 +76,9 @@ def valid_by_the_prose(case: schemathesis.Case[Any]) -> bool:
     prompt_name, input_type = body.get("prompt_name"), body.get("input_type")
     if isinstance(prompt_name, str) and prompt_name not in PROMPTS:
         return False
+    compact = body.get("encoding_format") not in (None, "float", "base64")
+    if "inputs" in body and compact and body.get("normalize") is False:
+        return False  # TEI's body: the compact formats quantize unit vectors ("needs normalize: true")
     return not (
         isinstance(prompt_name, str)
         and isinstance(input_type, str)
